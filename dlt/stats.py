@@ -1,0 +1,109 @@
+"""Estimators of ensemble statistics with standard errors.
+
+Every notebook compares theory with an ensemble of real networks, and the comparison is only as
+honest as the error bar. The rules used throughout:
+
+* The independent draws are the **networks** (axis 0 of every ensemble array). Neurons of one
+  network are correlated with each other, so neuron averages are taken inside each network first
+  and the standard error is taken across networks.
+* Means of per-network quantities get the ordinary standard error ``std / sqrt(N)``.
+* Nonlinear statistics (cumulants, ratios, connected correlators) get a delete-one-batch
+  jackknife standard error: one implementation, :func:`jackknife`, serves them all.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .gaussian import connected_from_moments
+
+__all__ = ["mean_se", "jackknife", "cumulant", "neuron_moments"]
+
+
+def _ensemble_array(x, name="x", min_len=2):
+    x = np.asarray(x, dtype=float)
+    if x.ndim == 0 or x.shape[0] < min_len:
+        raise ValueError(f"{name} must have an ensemble axis of length >= {min_len}, got shape {x.shape}")
+    return x
+
+
+def mean_se(x, axis: int = 0):
+    """Mean over independent draws and its standard error ``std(ddof=1)/sqrt(N)``.
+
+    ``x``: array with the independent draws (networks) on ``axis``. Returns ``(mean, se)`` with
+    that axis removed. Raises ``ValueError`` for fewer than two draws.
+    """
+    x = np.moveaxis(np.asarray(x, dtype=float), axis, 0)
+    x = _ensemble_array(x)
+    return x.mean(0), x.std(0, ddof=1) / np.sqrt(x.shape[0])
+
+
+def jackknife(fn, *arrays, n_batches: int = 50):
+    """Estimate ``fn(*arrays)`` and its delete-one-batch jackknife standard error.
+
+    ``arrays`` share a leading ensemble axis of length S (the independent draws); they are cut
+    into ``n_batches`` contiguous batches, ``fn`` is re-evaluated with each batch left out, and
+
+        se^2 = (B - 1)/B * sum_b (theta_(b) - mean_b theta_(b))^2 .
+
+    ``fn`` may return any array shape. Returns ``(value, se)`` where value is ``fn`` on all data.
+    Raises ``ValueError`` if there are no arrays, their lengths differ, or S < n_batches >= 2 fails.
+    """
+    if not arrays:
+        raise ValueError("jackknife needs at least one array")
+    arrays = [np.asarray(a) for a in arrays]
+    S = arrays[0].shape[0] if arrays[0].ndim else 0
+    if any(a.ndim == 0 or a.shape[0] != S for a in arrays):
+        raise ValueError(f"all arrays need the same leading length; got {[a.shape for a in arrays]}")
+    if not (2 <= n_batches <= S):
+        raise ValueError(f"need 2 <= n_batches <= number of draws ({S}), got {n_batches}")
+    full = np.asarray(fn(*arrays), dtype=float)
+    edges = np.linspace(0, S, n_batches + 1).astype(int)
+    loo = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        keep = np.r_[0:lo, hi:S]
+        loo.append(np.asarray(fn(*(a[keep] for a in arrays)), dtype=float))
+    loo = np.stack(loo)
+    se = np.sqrt((n_batches - 1) / n_batches * ((loo - loo.mean(0)) ** 2).sum(0))
+    return full, se
+
+
+def cumulant(samples, idx, n_batches: int = 50):
+    """Connected correlator (joint cumulant) of components ``idx`` from samples, with jackknife SE.
+
+    ``samples``: (S, N) independent draws of an N-vector (a 1-d array is taken as N = 1).
+    ``idx``: component indices, e.g. ``(0, 0, 0, 0)`` for the fourth cumulant of z_0 or
+    ``(0, 1, 0, 1)``. Uses the general moment-cumulant (Moebius) inversion of book eq. (1.56), so
+    nonzero means are handled. Returns ``(value, se)``.
+    """
+    x = _ensemble_array(samples, "samples")
+    if x.ndim == 1:
+        x = x[:, None]
+    idx = tuple(int(i) for i in idx)
+    if not idx or min(idx) < 0 or max(idx) >= x.shape[1]:
+        raise ValueError(f"indices {idx} out of range for {x.shape[1]} components")
+
+    def est(xs):
+        return connected_from_moments(lambda b: np.mean(np.prod(xs[:, list(b)], axis=1)), idx)
+
+    return jackknife(est, x, n_batches=n_batches)
+
+
+def neuron_moments(z):
+    """Per-network neuron-averaged estimators of G_2, G_4, G_6 for a single input (book ch. 3).
+
+    ``z``: (n_ens, n) preactivations of one layer on one input, n >= 2. Returns a dict of arrays of
+    shape (n_ens,) whose ensemble means are
+
+    * ``G2``: mean_j z_j^2                                   (E[z_j^2] = G_2, eq. 3.17)
+    * ``G4``: [(sum_j z_j^2)^2 - sum_j z_j^4] / (n(n-1))     (E[z_j^2 z_k^2] = G_4, j != k, eq. 3.21)
+    * ``G6``: mean_j z_j^6 / 15                               (E[z_j^6] = 15 G_6, eq. 3.37)
+    * ``O``:  mean_j z_j^2 (alias of G2, the per-network observable O of eq. 3.31)
+    """
+    z = np.asarray(z, dtype=float)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise ValueError(f"z must be (n_ens, n) with n >= 2 neurons, got shape {z.shape}")
+    n = z.shape[1]
+    z2 = z**2
+    s2 = z2.sum(1)
+    return {"G2": s2 / n, "O": s2 / n, "G4": (s2**2 - (z2**2).sum(1)) / (n * (n - 1)),
+            "G6": (z2**3).mean(1) / 15.0}

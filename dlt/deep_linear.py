@@ -18,6 +18,8 @@ import numbers
 import numpy as np
 from scipy.special import polygamma, psi
 
+from .networks import check_widths, per_layer
+
 __all__ = [
     "input_gram", "two_point", "c2m", "log_c2m", "G2m", "four_point", "vertex",
     "connected_four", "connected_six", "var_O", "c2m_first_order", "double_scaling_ratio",
@@ -27,16 +29,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- validation
 def _widths(widths):
-    if isinstance(widths, (str, bytes)) or not hasattr(widths, "__len__"):
-        raise ValueError(f"widths must be a sequence [n_0, ..., n_L] of positive integers, "
-                         f"got {widths!r}")
-    w = list(widths)
-    if len(w) < 2:
-        raise ValueError(f"widths needs at least 2 entries [n_0, n_1] (depth L >= 1), got {w}")
-    for n in w:
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(f"every width must be a positive integer, got {n!r} in {w}")
-    return np.array(w, dtype=np.int64)
+    return np.array(check_widths(widths), dtype=np.int64)
 
 
 def _depth(widths_or_L):
@@ -48,16 +41,7 @@ def _depth(widths_or_L):
 
 
 def _per_layer(c, L, name, positive):
-    a = np.asarray(c, dtype=np.float64)
-    if a.ndim == 0:
-        a = np.full(L, float(a))
-    elif a.shape != (L,):
-        raise ValueError(f"{name} must be a scalar or a sequence of length L={L}, "
-                         f"got shape {a.shape}")
-    bad = ~np.isfinite(a) | ((a <= 0) if positive else (a < 0))
-    if bad.any():
-        raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {c!r}")
-    return a
+    return per_layer(c, L, name, positive=positive)
 
 
 def _gram(G0):

@@ -32,20 +32,28 @@ import numpy as np
 
 from .activations import Activation, get_activation
 
-__all__ = ["MLP", "num_params", "init_params", "forward", "empirical_ntk", "ensemble"]
+__all__ = ["MLP", "num_params", "init_params", "forward", "empirical_ntk", "ensemble",
+           "check_widths", "per_layer"]
 
 
-def _per_layer(value, L, name, *, positive=False):
+def per_layer(value, L: int, name: str, *, positive: bool = False) -> np.ndarray:
+    """Validate a per-layer hyperparameter: a scalar or a length-L sequence -> float array (L,).
+
+    Entry l-1 belongs to layer l. Raises ``ValueError`` for a wrong length, a non-finite value,
+    a negative value, or (``positive=True``) a value <= 0."""
     arr = np.atleast_1d(np.asarray(value, dtype=float))
     if arr.ndim != 1 or arr.size not in (1, L):
         raise ValueError(f"{name} must be a scalar or a sequence of length L={L} (one per layer), "
                          f"got {value!r}")
     if not np.all(np.isfinite(arr)) or np.any(arr < 0) or (positive and np.any(arr <= 0)):
         raise ValueError(f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}")
-    return tuple(float(v) for v in np.broadcast_to(arr, (L,)))
+    return np.array(np.broadcast_to(arr, (L,)))
 
 
-def _check_widths(widths):
+def check_widths(widths) -> tuple:
+    """Validate ``[n_0, ..., n_L]``: positive integers, depth L >= 1. Returns a tuple of ints.
+
+    Raises ``TypeError`` for a non-sequence, ``ValueError`` otherwise."""
     try:
         ws = tuple(widths)
     except TypeError:
@@ -62,7 +70,7 @@ def num_params(widths) -> int:
     """Number of parameters P = sum_{l=1}^{L} (n_l + n_l n_{l-1}) of eq. (2.7), biases included.
 
     Raises ``ValueError`` for non-positive or non-integer widths or depth zero."""
-    ws = _check_widths(widths)
+    ws = check_widths(widths)
     return sum(n + n * m for m, n in zip(ws[:-1], ws[1:]))
 
 
@@ -92,13 +100,13 @@ class MLP:
     lambda_W: tuple | float = 1.0
 
     def __post_init__(self):
-        ws = _check_widths(self.widths)
+        ws = check_widths(self.widths)
         L = len(ws) - 1
         set_ = object.__setattr__
         set_(self, "widths", ws)
         set_(self, "activation", get_activation(self.activation))
         for name in ("C_b", "C_W", "lambda_b", "lambda_W"):
-            set_(self, name, _per_layer(getattr(self, name), L, name))
+            set_(self, name, tuple(float(v) for v in per_layer(getattr(self, name), L, name)))
 
     @property
     def L(self) -> int:

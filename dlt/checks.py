@@ -58,8 +58,8 @@ def check(name: str, measured, predicted, *, stderr=None, rtol=None, atol=None,
         Broadcastable to a common shape.
     stderr : float or array_like, optional
         Standard error of ``measured - predicted``; must be positive where given.
-    rtol, atol : float, optional
-        Deterministic relative / absolute tolerance (non-negative).
+    rtol, atol : float or array_like, optional
+        Deterministic relative / absolute tolerance (non-negative; broadcast like the values).
     nsigma : float
         Number of standard errors allowed (default 4).
 
@@ -84,13 +84,14 @@ def check(name: str, measured, predicted, *, stderr=None, rtol=None, atol=None,
         z = diff / se
         parts.append(f"{z.max():.2f} se (<= {nsigma:g})")
     if rtol is not None or atol is not None:
-        rt, at = float(rtol or 0.0), float(atol or 0.0)
-        if rt < 0 or at < 0:
+        rt = np.broadcast_to(np.asarray(0.0 if rtol is None else rtol, dtype=float), diff.shape)
+        at = np.broadcast_to(np.asarray(0.0 if atol is None else atol, dtype=float), diff.shape)
+        if np.any(rt < 0) or np.any(at < 0):
             raise ValueError(f"check {name!r}: rtol and atol must be >= 0")
         allowed = allowed + at + rt * np.abs(p)
         rel = diff / np.where(np.abs(p) > 0, np.abs(p), 1.0)
-        parts.append(f"rel {rel.max():.1e}" + (f" (rtol {rt:.0e})" if rtol is not None else "")
-                     + (f" (atol {at:.0e})" if atol is not None else ""))
+        parts.append(f"rel {rel.max():.1e}" + (f" (rtol {rt.max():.0e})" if rtol is not None else "")
+                     + (f" (atol {at.max():.0e})" if atol is not None else ""))
     worst = int(np.argmax(diff - allowed)) if diff.size else 0
     passed = bool(np.all(diff <= allowed))
     res = CheckResult(name, float(m.flat[worst]), float(p.flat[worst]), ", ".join(parts), passed)

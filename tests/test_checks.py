@@ -37,3 +37,10 @@ def test_bad_tolerance(kw):
 def test_nonfinite():
     with pytest.raises(ValueError, match="not finite"):
         check("g", np.nan, 1.0, rtol=1.0)
+
+
+def test_per_element_tolerance():
+    assert check("h", [1.0, 2.0], [1.05, 2.0], atol=[0.1, 1e-12])
+    with pytest.raises(AssertionError):
+        check("i", [1.0, 2.0], [1.0, 2.05], atol=[0.1, 1e-12])
+    summary()

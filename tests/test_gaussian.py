@@ -5,15 +5,30 @@ from math import factorial
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.integrate import quad
 
 from dlt.gaussian import (
-    connected_from_moments, double_factorial, even_action, first_order_expectation,
-    gaussian_expectation, gaussian_mgf, gaussian_moment_1d, gaussian_normalization,
-    moments_from_connected, pairing_cycle_counts, pairings, quartic_exact_1d,
-    quartic_first_order, reweighted_expectation, sample_quartic, set_partitions, symmetrize,
-    wick, wick_tensor,
+    connected_from_moments,
+    double_factorial,
+    even_action,
+    first_order_expectation,
+    gaussian_expectation,
+    gaussian_mgf,
+    gaussian_moment_1d,
+    gaussian_normalization,
+    moments_from_connected,
+    pairing_cycle_counts,
+    pairings,
+    quartic_exact_1d,
+    quartic_first_order,
+    reweighted_expectation,
+    sample_quartic,
+    set_partitions,
+    symmetrize,
+    wick,
+    wick_tensor,
 )
 
 EPS = np.finfo(float).eps

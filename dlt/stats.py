@@ -12,6 +12,8 @@ honest as the error bar. The rules used throughout:
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .gaussian import connected_from_moments
@@ -68,24 +70,44 @@ def jackknife(fn, *arrays, n_batches: int = 50):
 
 
 def cumulant(samples, idx, n_batches: int = 50):
-    """Connected correlator (joint cumulant) of components ``idx`` from samples, with jackknife SE.
+    """Connected correlators (joint cumulants) from samples, with jackknife standard errors.
 
     ``samples``: (S, N) independent draws of an N-vector (a 1-d array is taken as N = 1).
-    ``idx``: component indices, e.g. ``(0, 0, 0, 0)`` for the fourth cumulant of z_0 or
-    ``(0, 1, 0, 1)``. Uses the general moment-cumulant (Moebius) inversion of book eq. (1.56), so
-    nonzero means are handled. Returns ``(value, se)``.
+    ``idx``: the components of one correlator, e.g. ``(0, 0, 0, 0)`` for the fourth cumulant of
+    z_0 or ``(0, 1, 0, 1)``; or a list of such tuples, to get several at once (then the results
+    are arrays in that order). Uses the general moment-cumulant (Moebius) inversion of book
+    eq. (1.56), so nonzero means are handled.
+
+    The needed monomials are summed once per batch of draws; the delete-one-batch jackknife of
+    :func:`jackknife` then works on those sums, so the cost is one pass over the data.
+    Returns ``(value, se)``. Raises ``ValueError`` for indices out of range or too few samples.
     """
     x = _ensemble_array(samples, "samples")
     if x.ndim == 1:
         x = x[:, None]
-    idx = tuple(int(i) for i in idx)
-    if not idx or min(idx) < 0 or max(idx) >= x.shape[1]:
-        raise ValueError(f"indices {idx} out of range for {x.shape[1]} components")
+    many = len(idx) > 0 and not np.isscalar(idx[0])
+    idx_list = [tuple(int(i) for i in ix) for ix in (idx if many else [idx])]
+    for ix in idx_list:
+        if not ix or min(ix) < 0 or max(ix) >= x.shape[1]:
+            raise ValueError(f"indices {ix} out of range for {x.shape[1]} components")
+    S = x.shape[0]
+    if not 2 <= n_batches <= S:
+        raise ValueError(f"need 2 <= n_batches <= number of draws ({S}), got {n_batches}")
+    edges = np.linspace(0, S, n_batches + 1).astype(int)
+    keys = sorted({tuple(sorted(c)) for ix in idx_list for r in range(1, len(ix) + 1)
+                   for c in itertools.combinations(ix, r)}, key=lambda k: (len(k), k))
+    prods, cols = {}, [np.diff(edges).astype(float)]
+    for k in keys:  # every prefix of a sorted key is itself a key, computed earlier
+        prods[k] = x[:, k[0]] if len(k) == 1 else prods[k[:-1]] * x[:, k[-1]]
+        cols.append(np.add.reduceat(prods[k], edges[:-1]))
 
-    def est(xs):
-        return connected_from_moments(lambda b: np.mean(np.prod(xs[:, list(b)], axis=1)), idx)
+    def est(batch_sums):
+        tot = batch_sums.sum(0)
+        mom = dict(zip(keys, tot[1:] / tot[0]))
+        return np.array([connected_from_moments(mom.__getitem__, ix) for ix in idx_list])
 
-    return jackknife(est, x, n_batches=n_batches)
+    value, se = jackknife(est, np.stack(cols, 1), n_batches=n_batches)
+    return (value, se) if many else (value[0], se[0])
 
 
 def neuron_moments(z):

@@ -57,3 +57,15 @@ def test_bad_input():
         cumulant(np.ones((10, 2)), (0, 2))
     with pytest.raises(ValueError):
         neuron_moments(np.ones((10, 1)))
+
+
+def test_cumulant_list_matches_single_and_direct_jackknife():
+    from dlt.gaussian import connected_from_moments
+    z = np.random.default_rng(4).normal(size=(5000, 2)) + [0.3, -0.1]
+    idx_list = [(0, 0), (0, 1, 1), (0, 0, 1, 1)]
+    vals, ses = cumulant(z, idx_list, n_batches=25)
+    for ix, v, s in zip(idx_list, vals, ses):
+        assert (v, s) == pytest.approx(cumulant(z, ix, n_batches=25), rel=1e-12)
+        direct = jackknife(lambda a: connected_from_moments(
+            lambda b: np.mean(np.prod(a[:, list(b)], axis=1)), ix), z, n_batches=25)
+        assert np.allclose((v, s), direct, rtol=1e-9)

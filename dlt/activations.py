@@ -24,7 +24,7 @@ import scipy.special as ss
 
 from .gaussian import gaussian_expectation
 
-__all__ = ["Activation", "get_activation", "gauss_expect", "ACTIVATION_NAMES"]
+__all__ = ["Activation", "get_activation", "gauss_expect", "closed_form_expectation", "ACTIVATION_NAMES"]
 
 
 class _NP:  # numpy namespace with the special functions we need
@@ -253,8 +253,12 @@ def get_activation(activation, **params) -> Activation:
 
 # --------------------------------------------------------------------------- Gaussian expectations
 
-def _closed_form(act: Activation, K, derivs):
-    """Closed-form <sigma^(d1) sigma^(d2)>_K (K (...,2,2)) or <sigma^(d)>_K (K (...,1,1)); None if unknown."""
+def closed_form_expectation(act: Activation, K, derivs):
+    """Closed-form <sigma^(d1) sigma^(d2)>_K (K (...,2,2)) or <sigma^(d)>_K (K (...,1,1)), or None.
+
+    Exact expressions for the linear / scale-invariant family (arc-cosine kernel), erf (arcsine
+    kernel) and sin; ``None`` when no closed form is known for this activation and ``derivs``.
+    No input validation: :func:`gauss_expect` is the checked entry point."""
     if len(derivs) == 1:
         k = K[..., 0, 0]
         d = derivs[0]
@@ -333,7 +337,7 @@ def gauss_expect(act, K, derivs=(0, 0), deg: int = 64):
     if np.any(diag < 0) or (N == 2 and np.any(K[..., 0, 1] ** 2 > diag[..., 0] * diag[..., 1]
                                                    * (1 + 1e-12) + 1e-300)):
         raise ValueError("K must be positive semi-definite")
-    closed = _closed_form(act, K, derivs)
+    closed = closed_form_expectation(act, K, derivs)
     if closed is not None:
         return np.asarray(closed, dtype=float)
     fns = [(act.f, act.df, act.ddf)[d] for d in derivs]

@@ -403,3 +403,15 @@ BAD = [
 def test_bad_input_raises(exc, call):
     with pytest.raises(exc):
         call()
+
+
+def test_trapezoid_rule_matches_hermite_for_smooth_and_polynomial_integrands():
+    K = np.array([[1.3, 0.4], [0.4, 0.8]])
+    f = lambda z: np.tanh(z[..., 0]) * np.tanh(z[..., 1])
+    ref = gaussian_expectation(f, K, deg=200)          # converged Gauss-Hermite reference
+    assert abs(gaussian_expectation(f, K, deg=80, rule="trapezoid") - ref) < 1e-12
+    poly = lambda z: z[..., 0] ** 2 * z[..., 1] ** 2
+    exact = K[0, 0] * K[1, 1] + 2 * K[0, 1] ** 2       # Wick
+    assert abs(gaussian_expectation(poly, K, deg=80, rule="trapezoid") - exact) < 1e-12
+    with pytest.raises(ValueError, match="rule"):
+        gaussian_expectation(poly, K, rule="simpson")

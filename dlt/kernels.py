@@ -1,0 +1,506 @@
+"""The RG flow of preactivations (book chapter 4): kernel K, four-point vertex V, NLO metric G^{1}.
+
+For any activation, N inputs, per-layer widths / C_b / C_W, to leading order in 1/n (K = K^(l),
+C = C^(l+1), r = n_l / n_{l-1}, s_a = sigma(z_a)):
+
+  (4.118)  K^(l+1)_ab = C_b + C_W <s_a s_b>_K
+  (4.119)  V^(l+1)_(ab)(cd) = C_W^2 [<s_a s_b s_c s_d>_K - <s_a s_b>_K <s_c s_d>_K]
+               + r C_W^2/4 sum V^(gd)(ef) <s_a s_b (z_g z_d - K_gd)>_K <s_c s_d (z_e z_f - K_ef)>_K
+  (4.115)  G^{1}(l+1)_ab = C_W r [1/2 sum G^{1}_gd H_ab,gd + 1/8 sum V_(gd)(ef) Q_ab,gdef]
+
+V^(l) and G^{1}(l) are normalized by n_{l-1}: G^(l) = K^(l) + G^{1}(l)/n_{l-1} + O(1/n^2) (4.104) and
+the connected four-point function is V/n_{l-1} times three pairings (4.117).
+
+Block-local form. H_ab,gd = <d_g d_d (s_a s_b)>_K and Q_ab,gdef = <d_g d_d d_e d_f (s_a s_b)>_K vanish
+unless g, d, e, f lie in {a, b}; Gaussian integration by parts turns the raised-index sums of (4.119)
+into sum H_ab,gd V_(gd)(ef) H_cd,ef with the vertex lowered, and the three terms of (4.115) into the
+compact form above (the Edgeworth correction of <s s> from a metric shift G^{1}/n plus the fourth
+cumulant). H and Q are computed in "z-form" on the 1x1 or 2x2 block B of K with the inverse of that
+block, w = B^{-1} z: H = <s s (w_g w_d - B^gd)>, Q = <s s He4(w; B^{-1})>, which needs no derivative of
+sigma and works for kinked sigma. Entries of V involve at most four samples, of G^{1} at most two.
+
+Gaussian integrals, vectorized over blocks:
+* <s_a s_b>: closed forms (linear, ReLU family, erf, sin) of dlt.activations; other smooth sigma by a
+  Mehler (Hermite) series in the correlation with a per-pair error bound, 2-D quadrature fallback.
+* smooth sigma on 1-4 sample blocks: tensor grids of dlt.gaussian.gaussian_expectation, Gauss-Hermite
+  for entire sigma, the trapezoid rule for tanh / sigmoid / softplus / swish (poles near the real
+  axis: Gauss-Hermite converges only like exp(-c sqrt(deg)) there). At deg = 96 (blocks of 3: 48,
+  of 4: 32) tanh tensors are accurate to ~1e-13 on 1-2 samples, ~1e-11 on 3, ~1e-9 on 4.
+* kinked sigma (scale-invariant family s(z) = c+ z (z > 0), c- (-z) (z < 0); perceptron): on a
+  2-sample block the kinks are rays of the whitened plane, so a polar rule split at the rays
+  (Gauss-Legendre in angle, Gauss-Laguerre in r^2/2) is exact to rounding; 3-, 4-sample blocks condition on
+  two samples and integrate the others in closed form (partial moments, Owen's T): ~1e-14.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from itertools import combinations
+
+import numpy as np
+from numpy.polynomial.legendre import leggauss
+from scipy.special import ndtr, owens_t, roots_laguerre
+
+from .activations import closed_form_expectation, get_activation
+from .gaussian import gaussian_expectation
+from .networks import MLP
+
+__all__ = ["Flow", "first_layer_metric", "gaussian_tensors", "kernel_step", "vertex_step",
+           "nlo_metric_step", "preactivation_flow", "kernel_fn"]
+
+DEG = 96                     # grid nodes per axis on 1-2 sample blocks (3 samples: /2, 4: /3)
+_NODES = 1 << 20             # blocks x nodes per batched quadrature call (bounds memory)
+_MEHLER = (481, 128, 1e-12)  # 1-D trapezoid nodes, series length, per-pair error bound
+_PAIRS = (("gd", "ef"), ("ge", "df"), ("gf", "de"))
+
+
+# ----------------------------------------------------------------------------- validation
+def _kernel(K, name="K"):
+    try:
+        K = np.asarray(K, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a real (N, N) array") from e
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0 or not np.all(np.isfinite(K)):
+        raise ValueError(f"{name} must be a finite array of shape (N, N), got shape {K.shape}")
+    scale = max(np.abs(K).max(), 1e-300)
+    if np.abs(K - K.T).max() > 1e-12 * scale or np.linalg.eigvalsh(K).min() < -1e-12 * scale:
+        raise ValueError(f"{name} must be symmetric positive semi-definite")
+    return 0.5 * (K + K.T)
+
+
+def _tensor(T, N, rank, name):
+    T = np.asarray(T, dtype=float)
+    if T.shape != (N,) * rank or not np.all(np.isfinite(T)):
+        raise ValueError(f"{name} must be a finite array of shape {(N,) * rank}, got {T.shape}")
+    return T
+
+
+def _nonneg(x, name):
+    x = float(x)
+    if not np.isfinite(x) or x < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {x}")
+    return x
+
+
+def _inputs(net, X, name="X"):
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be a dlt.networks.MLP, got {type(net).__name__}")
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != net.widths[0] or not np.all(np.isfinite(X)):
+        raise ValueError(f"{name} must be finite with shape (N_D >= 1, n_0={net.widths[0]}), "
+                         f"got shape {X.shape}")
+    return X
+
+
+def _deg(deg):
+    if isinstance(deg, bool) or not isinstance(deg, (int, np.integer)) or deg < 8 or deg % 2:
+        raise ValueError(f"deg must be an even integer >= 8, got {deg!r}")
+    return int(deg)
+
+
+# ----------------------------------------------------------------------------- quadrature
+def _kinks(act):
+    """(k, c+, c-) with s(z) = c+ z^k (z > 0), c- (-z)^k (z < 0) for kinked sigma, else None."""
+    if act.scale_invariant and act.a_plus != act.a_minus:
+        return 1, act.a_plus, -act.a_minus
+    return (0, 1.0, 0.0) if act.name == "perceptron" else None
+
+
+def _grid_expect(f, Kb, deg, rule="hermite"):
+    """<f(z, s)>_{Kb}, Kb (B, m, m), on a tensor grid, chunked over blocks (s: the chunk's slice)."""
+    m = Kb.shape[-1]
+    deg = {1: deg, 2: deg, 3: max(16, deg // 2), 4: max(12, deg // 3)}[m]
+    step = max(1, _NODES // deg ** m)
+    return np.concatenate([gaussian_expectation(lambda z, s=s: f(z, s), Kb[s], deg=deg, rule=rule)
+                           for s in (slice(i, i + step) for i in range(0, len(Kb), step))])
+
+
+@lru_cache(maxsize=4)
+def _polar_rule(radial):
+    """Gauss-Legendre arc nodes on [-1, 1]; radial nodes, weights for the measure r e^{-r^2/2} dr."""
+    u, wu = leggauss(16 if radial == "laguerre" else 40)
+    if radial == "laguerre":  # exact for even polynomials in r up to degree 14
+        t, wr = roots_laguerre(4)
+        return u, wu, np.sqrt(2 * t), wr
+    x, wx = leggauss(12)      # composite Gauss-Legendre on [0, 11] for smooth radial integrands
+    r = (np.arange(5)[:, None] + (1 + x) / 2).ravel() * 2.2
+    return u, wu, r, np.tile(wx * 1.1, 5) * r * np.exp(-r * r / 2)
+
+
+def _polar_nodes(Kb, radial="laguerre"):
+    """Nodes z (B, P, 2) and weights (B, P) for N(0, Kb), Kb (B, 2, 2), split at the kinks.
+
+    z = A xi with A A^T = Kb; in the xi plane the kinks z_i = 0 are lines through 0 that cut the
+    angle into four arcs, on each of which a piecewise-homogeneous integrand is smooth."""
+    A = np.zeros_like(Kb)  # Cholesky, exact for singular blocks (a repeated input)
+    A[:, 0, 0] = np.sqrt(np.maximum(Kb[:, 0, 0], 1e-300))
+    A[:, 1, 0] = Kb[:, 0, 1] / A[:, 0, 0]
+    A[:, 1, 1] = np.sqrt(np.maximum(Kb[:, 0, 0] * Kb[:, 1, 1] - Kb[:, 0, 1] ** 2, 0)) / A[:, 0, 0]
+    th = np.arctan2(-A[:, :, 0], A[:, :, 1]) % np.pi
+    cuts = np.sort(np.concatenate([th, th + np.pi], axis=1), axis=1)
+    lo, hi = cuts, np.concatenate([cuts[:, 1:], cuts[:, :1] + 2 * np.pi], axis=1)
+    u, wu, r, wr = _polar_rule(radial)
+    ang = ((lo + hi) / 2)[..., None] + ((hi - lo) / 2)[..., None] * u             # (B, 4, n)
+    xi = np.stack([np.cos(ang), np.sin(ang)], -1)[..., None, :] * r[:, None]       # (B, 4, n, R, 2)
+    z = np.einsum("bij,bkarj->bkari", A, xi).reshape(len(Kb), -1, 2)
+    w = (((hi - lo) / (4 * np.pi))[..., None] * wu)[..., None] * wr
+    return z, w.reshape(len(Kb), -1)
+
+
+def _expect(act, f, Kb, deg):
+    """<f(z, s)>_{Kb} for blocks of 1-4 samples: polar rule (kinked sigma, 2 samples) or a grid."""
+    if _kinks(act) is None:
+        strip = act.name in ("tanh", "sigmoid", "softplus", "swish")
+        return _grid_expect(f, Kb, deg, "trapezoid" if strip else "hermite")
+    if Kb.shape[-1] == 1:  # kinked 1-D moments of even degree: even-degree Gauss-Hermite is exact
+        return _grid_expect(f, Kb, deg)
+    z, w = _polar_nodes(Kb)
+    return np.einsum("bp...,bp->b...", f(z, slice(None)), w)
+
+
+def _partial(e, mu, s):
+    """E[(x^+)^e] for x ~ N(mu, s^2), e in {0, 1, 2}."""
+    t = mu / s
+    P, p = ndtr(t), np.exp(-t * t / 2) / np.sqrt(2 * np.pi)
+    return (P, mu * P + s * p, (mu * mu + s * s) * P + mu * s * p)[e]
+
+
+def _orthant(kk, mx, my, sx, sy, rho):
+    """E[(x^+)^kk (y^+)^kk], kk in {0, 1}, (x, y) Gaussian: means mx, my, sds sx, sy, corr rho."""
+    h, k = np.where(mx == 0, 1e-150, mx / sx), np.where(my == 0, 1e-150, my / sy)
+    q = np.sqrt(1 - rho * rho)
+    P = (0.5 * (ndtr(h) + ndtr(k)) - owens_t(h, (k - rho * h) / (h * q))  # bivariate CDF (Owen)
+         - owens_t(k, (h - rho * k) / (k * q)) - 0.5 * (h * k < 0))
+    if kk == 0:
+        return P
+    ph, pk = np.exp(-h * h / 2) / np.sqrt(2 * np.pi), np.exp(-k * k / 2) / np.sqrt(2 * np.pi)
+    A, B = ph * ndtr((k - rho * h) / q), pk * ndtr((h - rho * k) / q)
+    phi2 = np.exp(-(h * h - 2 * rho * h * k + k * k) / (2 * q * q)) / (2 * np.pi * q)
+    Euv = rho * P - rho * h * A - rho * k * B + q * q * phi2
+    return mx * my * P + mx * sy * (B + rho * A) + my * sx * (A + rho * B) + sx * sy * Euv
+
+
+def _kinked_moment(act, Kb, p):
+    """<prod_i s(z_i)^p_i> for kinked sigma, blocks Kb (B, m, m), m = 3, 4, powers p (m,).
+
+    Polar rule over (z_0, z_1); the rest, Gaussian given (z_0, z_1), is integrated in closed form."""
+    kk, cp, cm = _kinks(act)
+    z, w = _polar_nodes(Kb[:, :2, :2], radial="gl")
+    M = Kb[:, 2:, :2] @ np.linalg.pinv(Kb[:, :2, :2])
+    C = Kb[:, 2:, 2:] - M @ np.swapaxes(Kb[:, 2:, :2], 1, 2)
+    mu = np.einsum("bij,bpj->bpi", M, z)
+    sd = np.sqrt(np.maximum(np.diagonal(C, axis1=1, axis2=2), 1e-30 * np.abs(Kb).max()))[:, None]
+    out = np.prod(np.where(z > 0, cp * np.abs(z) ** kk, cm * np.abs(z) ** kk) ** p[:2], axis=-1)
+    if Kb.shape[-1] == 3:
+        e = kk * p[2]
+        out = out * (cp ** p[2] * _partial(e, mu[..., 0], sd[..., 0])
+                     + cm ** p[2] * _partial(e, -mu[..., 0], sd[..., 0]))
+    else:
+        rho = np.clip(C[:, 0, 1] / np.prod(sd[:, 0], -1), -1 + 1e-15, 1 - 1e-15)[:, None]
+        out = out * sum(c1 * c2 * _orthant(kk, s1 * mu[..., 0], s2 * mu[..., 1], sd[..., 0],
+                                           sd[..., 1], s1 * s2 * rho)
+                        for s1, c1 in ((1, cp), (-1, cm)) for s2, c2 in ((1, cp), (-1, cm)) if c1 * c2)
+    return np.einsum("bp,bp->b", out, w)
+
+
+# ----------------------------------------------------------------------------- Gaussian tensors
+def _s2(act, kd, ia, ib, k12, deg=DEG):
+    """<s_a s_b> for pairs with K_aa = kd[ia], K_bb = kd[ib], K_ab = k12 (ia, ib broadcast to
+    k12's shape); ia == ib must mean the same input. Closed form, else polar rule (kinked sigma),
+    else the Mehler series."""
+    if closed_form_expectation(act, np.eye(2)[None], (0, 0)) is None and _kinks(act) is None:
+        return _mehler(act, kd, ia, ib, k12, deg)
+    Kb = np.empty(k12.shape + (2, 2))
+    Kb[..., 0, 0], Kb[..., 0, 1], Kb[..., 1, 0], Kb[..., 1, 1] = kd[ia], k12, k12, kd[ib]
+    out = closed_form_expectation(act, Kb, (0, 0))
+    if out is None:
+        out = _expect(act, lambda z, s: act.f(z[..., 0]) * act.f(z[..., 1]), Kb.reshape(-1, 2, 2),
+                      deg).reshape(k12.shape)
+    return np.asarray(out, dtype=float)
+
+
+@lru_cache(maxsize=2)
+def _hermite(D, n):
+    """Trapezoid nodes on [-12, 12] (D of them), weights for N(0, 1), and the orthonormal Hermite
+    polynomials He_j / sqrt(j!) there, j <= n (the trapezoid rule also suits sigma with poles)."""
+    x = np.linspace(-12, 12, D)
+    He = np.zeros((D, n + 1))
+    He[:, 0], He[:, 1] = 1.0, x
+    for j in range(1, n):
+        He[:, j + 1] = (x * He[:, j] - np.sqrt(j) * He[:, j - 1]) / np.sqrt(j + 1)
+    return x, (x[1] - x[0]) * np.exp(-x * x / 2) / np.sqrt(2 * np.pi), He
+
+
+def _horner(c, ia, ib, rho, n):
+    """sum_{j <= n} rho^j c[ia, j] c[ib, j] as two Horner chains in rho^2 (one is 0 for odd/even s)."""
+    out, r2 = np.zeros_like(rho), rho * rho
+    for parity in (0, 1):
+        js = np.arange(parity, n + 1, 2)
+        if np.abs(c[:, js]).max() > 1e-15 * np.abs(c).max():
+            acc = np.zeros_like(rho)
+            for j in js[::-1]:
+                acc *= r2
+                acc += c[ia, j] * c[ib, j]
+            out += acc * rho if parity else acc
+    return out
+
+
+def _mehler(act, kd, ia, ib, k12, deg):
+    """Mehler series <s_a s_b> = sum_j rho^j c_j(K_aa) c_j(K_bb), c_j(k) = <s(sqrt(k) x) He_j(x)>/sqrt(j!).
+
+    The error after term n is <= |rho|^{n+1} t_n(K_aa) t_n(K_bb) (Cauchy-Schwarz; tails t_n by
+    Parseval). The series stops at the smallest n (step 8) leaving <= 0.5% of the pairs above the
+    bound _MEHLER[2]; those get the full series and, if still above it, 2-D quadrature."""
+    D, nmax, tol = _MEHLER
+    x, w, He = _hermite(D, nmax)
+    sv = act.f(np.sqrt(kd)[:, None] * x)
+    c, s2 = (sv * w) @ He, (sv * sv) @ w
+    tail = np.sqrt(np.maximum(s2[:, None] - np.cumsum(c * c, axis=1), 0))
+    den = np.sqrt(kd[ia] * kd[ib])
+    rho = np.clip(np.divide(k12, den, out=np.zeros_like(den), where=den > 0), -1, 1)
+    same = (rho >= 1 - 1e-14) & (ia == ib)
+    r = np.sort(np.abs(rho[~same])[:: max(1, rho.size // 20000)])  # a sample of pairs picks n
+
+    def n_above(n):
+        return len(r) - np.searchsorted(r, (tol / max(tail[:, n].max() ** 2, 1e-300)) ** (1 / (n + 1)))
+
+    n = next((n for n in range(7, nmax, 8) if n_above(n) <= 0.005 * len(r)), nmax)
+    out = _horner(c, ia, ib, rho, n)  # broadcast index arrays: outer products, no gathers
+    ia, ib = np.broadcast_to(ia, rho.shape), np.broadcast_to(ib, rho.shape)
+    out[same] = s2[ia[same]]
+    bad = (np.abs(rho) ** (n + 1) * tail[ia, n] * tail[ib, n] > tol) & ~same
+    if np.any(bad) and n < nmax:
+        out[bad] = _horner(c, ia[bad], ib[bad], rho[bad], nmax)
+        bad[bad] = np.abs(rho[bad]) ** (nmax + 1) * tail[ia[bad], nmax] * tail[ib[bad], nmax] > tol
+    if np.any(bad):
+        Kb = np.empty((bad.sum(), 2, 2))
+        Kb[:, 0, 0], Kb[:, 0, 1], Kb[:, 1, 0], Kb[:, 1, 1] = kd[ia[bad]], k12[bad], k12[bad], kd[ib[bad]]
+        out[bad] = _expect(act, lambda z, s: act.f(z[..., 0]) * act.f(z[..., 1]), Kb, deg)
+    return out
+
+
+def _pair_tensors(act, K, deg, fourth=True):
+    """Per unordered pair p = (a <= b): I (P, 2), lookup pid (N, N), S2 (N, N), H (P, 2, 2) and
+    Q (P, 2, 2, 2, 2) on the local indices (a, b); a pair (a, a) is a 1x1 block at local index 0."""
+    N = K.shape[0]
+    I = np.array([(a, a) for a in range(N)] + list(combinations(range(N), 2))).reshape(-1, 2)
+    pid = np.empty((N, N), dtype=int)
+    pid[I[:, 0], I[:, 1]] = pid[I[:, 1], I[:, 0]] = np.arange(len(I))
+    Kb = K[I[:, :, None], I[:, None, :]]
+    if np.any(np.diag(K) <= 1e-14 * np.abs(K).max()) or np.any(
+            np.linalg.det(Kb[N:]) <= 1e-12 * Kb[N:, 0, 0] * Kb[N:, 1, 1]):
+        raise ValueError("every input needs K_aa > 0 and every pair of inputs a non-singular 2x2 "
+                         "kernel block (duplicate or parallel inputs?): H and Q need its inverse")
+    H, Q = np.zeros((len(I), 2, 2)), np.zeros((len(I),) + (2,) * 4)
+    for sl, m in ((slice(0, N), 1), (slice(N, None), 2)):
+        if not len(Kb[sl]):
+            continue
+        Binv = np.linalg.inv(Kb[sl][:, :m, :m])
+
+        def f(z, s, Binv=Binv, m=m):
+            Bi = Binv[s]
+            w = np.einsum("bij,bpj->bpi", Bi, z)
+            ss = act.f(z[..., 0]) * act.f(z[..., m - 1])
+            parts = [ss[..., None], ss[..., None] * (np.einsum("bpg,bpd->bpgd", w, w)
+                                                     - Bi[:, None]).reshape(*ss.shape, -1)]
+            if fourth:  # He4(w; B^-1) = wwww - (B^-1 ww, 6 terms) + (B^-1 B^-1, 3 terms)
+                he4 = np.einsum("bpg,bpd,bpe,bpf->bpgdef", w, w, w, w) + sum(
+                    np.einsum(f"b{x},b{y}->bgdef", Bi, Bi) for x, y in _PAIRS)[:, None]
+                he4 -= sum(np.einsum(f"b{x},bp{y[0]},bp{y[1]}->bpgdef", Bi, w, w) + np.einsum(
+                    f"b{y},bp{x[0]},bp{x[1]}->bpgdef", Bi, w, w) for x, y in _PAIRS)
+                parts.append(ss[..., None] * he4.reshape(*ss.shape, -1))
+            return np.concatenate(parts, -1)
+
+        out = _expect(act, f, Kb[sl][:, :m, :m], deg)
+        H[sl, :m, :m] = out[:, 1:1 + m * m].reshape(-1, m, m)
+        if fourth:
+            Q[sl, :m, :m, :m, :m] = out[:, 1 + m * m:].reshape((-1,) + (m,) * 4)
+    S2 = _s2(act, np.diag(K), I[:, 0], I[:, 1], K[I[:, 0], I[:, 1]], deg)[pid]
+    return dict(I=I, pid=pid, S2=S2, H=H, Q=Q if fourth else None)
+
+
+def _four_point(act, K, deg):
+    """S4[a, b, c, d] = <s_a s_b s_c s_d>_K, each entry from the block of the samples it names."""
+    N, codes, vals = K.shape[0], [], []
+    pats = {1: [(4,)], 2: [(1, 3), (2, 2), (3, 1)], 3: [(2, 1, 1), (1, 2, 1), (1, 1, 2)],
+            4: [(1, 1, 1, 1)]}
+    for m in range(1, min(N, 4) + 1):
+        S = np.array(list(combinations(range(N), m)))
+        Kb, locs = K[S[:, :, None], S[:, None, :]], [np.repeat(np.arange(m), p) for p in pats[m]]
+        codes += [S[:, loc] @ N ** np.arange(3, -1, -1) for loc in locs]
+        if _kinks(act) is not None and m > 2:
+            vals += [_kinked_moment(act, Kb, np.array(p)) for p in pats[m]]
+        else:  # every pattern of these samples from one evaluation of sigma on the grid
+            vals += list(_expect(act, lambda z, s, locs=locs: np.stack(
+                [np.prod(act.f(z)[..., loc], axis=-1) for loc in locs], -1), Kb, deg).T)
+    table = np.zeros(N ** 4)
+    table[np.concatenate(codes)] = np.concatenate(vals)
+    grid = np.sort(np.indices((N,) * 4).reshape(4, -1).T, axis=1)
+    return table[grid @ N ** np.arange(3, -1, -1)].reshape((N,) * 4)
+
+
+def gaussian_tensors(act, K, deg: int = DEG) -> dict:
+    """The Gaussian expectations of sigma that drive the flow, at a kernel K (N, N) (§4.3, §4.5).
+
+    Returns dict S2 = <s_a s_b> (N, N), S4 = <s_a s_b s_c s_d> (N,)*4, H[a,b,g,d] =
+    <d_g d_d (s_a s_b)> (N,)*4 and Q[a,b,g,d,e,f] = <d_g d_d d_e d_f (s_a s_b)> (N,)*6 (dense: N <~ 12),
+    H and Q in the block-local z-form of the module docstring. Raises ValueError for a bad K or deg,
+    or a singular diagonal entry / 2x2 block of K."""
+    act, K, deg = get_activation(act), _kernel(K), _deg(deg)
+    t, N = _pair_tensors(act, K, deg), K.shape[0]
+    I, H, Q = t["I"], np.zeros((N,) * 4), np.zeros((N,) * 6)
+    for sl, m in ((slice(0, N), 1), (slice(N, None), 2)):  # scatter; H_ab = H_ba (s_a s_b = s_b s_a)
+        a, b = I[sl, 0], I[sl, 1]
+        for loc in np.ndindex((m,) * 4):
+            g, d, e, f = (I[sl, i] for i in loc)
+            Q[a, b, g, d, e, f] = Q[b, a, g, d, e, f] = t["Q"][sl][(slice(None),) + loc]
+            H[a, b, g, d] = H[b, a, g, d] = t["H"][sl][:, loc[0], loc[1]]
+    return dict(S2=t["S2"], S4=_four_point(act, K, deg), H=H, Q=Q)
+
+
+# ----------------------------------------------------------------------------- recursion steps
+def _local(act, K, S2, C_W, deg):
+    return C_W ** 2 * (_four_point(act, K, deg) - np.einsum("ab,cd->abcd", S2, S2))
+
+
+def _inherited(t, V):
+    """sum_{g,d in {a,b}; e,f in {c,d}} H_ab,gd V_(gd)(ef) H_cd,ef  (N,)*4."""
+    I, pid, H = t["I"], t["pid"], t["H"]
+    W = np.einsum("pij,pijcd->pcd", H, V[I[:, :, None], I[:, None, :]])
+    Y = np.einsum("pqkl,qkl->pq", W[:, I[:, :, None], I[:, None, :]], H)
+    return Y[pid[:, :, None, None], pid[None, None]]
+
+
+def _nlo(t, V, G1):
+    """1/2 sum G1_gd H_ab,gd + 1/8 sum V_(gd)(ef) Q_ab,gdef  (N, N)."""
+    I = t["I"]
+    ix = [I[(slice(None),) + (None,) * k + (slice(None),) + (None,) * (3 - k)] for k in range(4)]
+    g1 = np.einsum("pij,pij->p", t["H"], G1[ix[0][..., 0, 0], ix[1][..., 0, 0]])
+    vq = np.einsum("pijkl,pijkl->p", t["Q"], V[tuple(ix)])
+    return (0.5 * g1 + 0.125 * vq)[t["pid"]]
+
+
+def first_layer_metric(X, C_b=0.0, C_W=1.0):
+    """G^(1) = C_b + C_W/n_0 X X^T, book eq. (4.8) (exact). X (N_D, n_0) -> (N_D, N_D).
+
+    Raises ValueError for a non-2-D / empty / non-finite X or negative C_b, C_W."""
+    X = np.asarray(X, dtype=float)
+    if X.ndim != 2 or 0 in X.shape or not np.all(np.isfinite(X)):
+        raise ValueError(f"X must be a finite (N_D, n_0) array, got shape {X.shape}")
+    return _nonneg(C_b, "C_b") + _nonneg(C_W, "C_W") * (X @ X.T) / X.shape[1]
+
+
+def kernel_step(act, K, C_b, C_W, *, deg: int = DEG):
+    """K^(l+1) = C_b + C_W <s_a s_b>_{K^(l)}, book eq. (4.118) = (4.114), with C_b, C_W of layer l+1.
+
+    act: anything get_activation accepts; K (N, N) PSD -> (N, N). Raises ValueError for a bad K,
+    C_b, C_W or deg."""
+    act, K = get_activation(act), _kernel(K)
+    a, b = np.indices(K.shape)
+    return _nonneg(C_b, "C_b") + _nonneg(C_W, "C_W") * _s2(act, np.diag(K), a, b, K, _deg(deg))
+
+
+def vertex_step(act, K, V, C_W, r=1.0, *, deg: int = DEG):
+    """V^(l+1) from K = K^(l), V = V^(l), C_W = C_W^(l+1), r = n_l/n_{l-1}: book eq. (4.119), (4.90).
+
+    V[a,b,c,d] = V_(ab)(cd), shape (N,)*4. The inherited term is r C_W^2/4 sum H_ab,gd V_(gd)(ef)
+    H_cd,ef (integration by parts of the raised-index form). Returns (N,)*4. Raises ValueError for
+    bad shapes or values, or a singular diagonal entry / 2x2 block of K."""
+    act, K, deg = get_activation(act), _kernel(K), _deg(deg)
+    V, C_W, r = _tensor(V, K.shape[0], 4, "V"), _nonneg(C_W, "C_W"), _nonneg(r, "r")
+    t = _pair_tensors(act, K, deg, fourth=False)
+    return _local(act, K, t["S2"], C_W, deg) + r * C_W ** 2 / 4 * _inherited(t, V)
+
+
+def nlo_metric_step(act, K, V, G1, C_W, r=1.0, *, deg: int = DEG):
+    """G^{1}(l+1) from K^(l), V^(l), G^{1}(l), C_W^(l+1) and r = n_l/n_{l-1}: book eq. (4.115),
+    in the equivalent compact form C_W r [1/2 G1.H + 1/8 V.Q] (module docstring).
+
+    K, G1 (N, N); V (N,)*4. Returns (N, N). Raises ValueError as vertex_step."""
+    act, K, deg = get_activation(act), _kernel(K), _deg(deg)
+    V, G1 = _tensor(V, K.shape[0], 4, "V"), _tensor(G1, K.shape[0], 2, "G1")
+    return _nonneg(C_W, "C_W") * _nonneg(r, "r") * _nlo(_pair_tensors(act, K, deg), V, G1)
+
+
+# ----------------------------------------------------------------------------- flows
+@dataclass(frozen=True)
+class Flow:
+    """Chapter-4 flow of a network on N inputs, indexed by the book's layer index l = 0..L.
+
+    K (L+1, N, N): K[l] = K^(l); K[1] = G^(1) (4.8); K[0] = X X^T/n_0 (the input Gram matrix).
+    V (L+1, N, N, N, N): V[l][a,b,c,d] = V^(l)_(ab)(cd); V[0] = V[1] = 0.
+    G1 (L+1, N, N), or None for nlo=False: the NLO metric G^{1}(l); G1[0] = G1[1] = G1[2] = 0.
+    """
+    net: MLP
+    X: np.ndarray
+    K: np.ndarray
+    V: np.ndarray
+    G1: np.ndarray | None
+
+    def metric(self, l: int):
+        """Mean metric G^(l) = K^(l) + G^{1}(l)/n_{l-1} + O(1/n^2), eq. (4.104); l in 1..L."""
+        if not 1 <= l <= self.net.L or self.G1 is None:
+            raise ValueError(f"need 1 <= l <= L={self.net.L} and a flow computed with nlo=True")
+        return self.K[l] + self.G1[l] / self.net.widths[l - 1]
+
+
+def preactivation_flow(net: MLP, X, *, nlo: bool = True, deg: int = DEG) -> Flow:
+    """K, V (and G^{1}) at every layer of `net` on the inputs X (N_D, n_0): eqs. (4.8), (4.115),
+    (4.118), (4.119), per-layer C_b, C_W, widths (r = n_l/n_{l-1} in the step l -> l+1).
+
+    Each layer's K, V, G^{1} are computed from the previous layer's, never from partly updated ones.
+    Cost per layer is dominated by the C(N_D, 4) four-sample blocks of V (tanh at deg 96: ~1 s per
+    25 blocks; ReLU ~6x faster) and N_D^4 memory: meant for N_D <~ 10 (use kernel_fn for K alone).
+    Raises TypeError for a net that is not an MLP; ValueError for bad X or deg, or a singular 2x2
+    kernel block (duplicate inputs, a zero input with C_b = 0). Warns if the kernel becomes
+    non-finite (deeper layers are then nan)."""
+    X, deg = _inputs(net, X), _deg(deg)
+    act, L, N, n = net.activation, net.L, X.shape[0], net.widths
+    K, V = np.zeros((L + 1, N, N)), np.zeros((L + 1,) + (N,) * 4)
+    G1 = np.zeros((L + 1, N, N)) if nlo else None
+    K[0], K[1] = X @ X.T / n[0], first_layer_metric(X, net.C_b[0], net.C_W[0])
+    for l in range(1, L):
+        if not np.all(np.isfinite(K[l])):
+            warnings.warn(f"the kernel is non-finite at layer {l}; deeper layers are set to nan")
+            for T in (K, V) + ((G1,) if nlo else ()):
+                T[l + 1:] = np.nan
+            break
+        cb, cw, r = net.C_b[l], net.C_W[l], n[l] / n[l - 1]
+        t = _pair_tensors(act, K[l], deg, fourth=nlo)
+        K[l + 1] = cb + cw * t["S2"]
+        V[l + 1] = _local(act, K[l], t["S2"], cw, deg) + r * cw ** 2 / 4 * _inherited(t, V[l])
+        if nlo:
+            G1[l + 1] = cw * r * _nlo(t, V[l], G1[l])
+    return Flow(net, X, K, V, G1)
+
+
+def kernel_fn(net: MLP, X1, X2=None, layers=None, *, deg: int = DEG):
+    """Infinite-width kernel K^(l)(x1, x2) between two sets of inputs, eqs. (4.8), (4.118).
+
+    Every entry needs only its own 2x2 kernel, so the recursion runs elementwise over all pairs at
+    once: closed forms (linear, ReLU family, erf, sin), else a Mehler series with error bound 1e-12
+    per layer (2-D quadrature fallback). X1 (N1, n_0); X2 (N2, n_0) or None (X2 = X1, symmetric).
+    layers: None (output layer L) or an int -> array (N1, N2); an iterable of layers in 1..L ->
+    dict {l: (N1, N2)}. Raises TypeError / ValueError for a bad net, inputs or layers."""
+    X1, deg = _inputs(net, X1, "X1"), _deg(deg)
+    X2, sym = (X1, True) if X2 is None else (_inputs(net, X2, "X2"), False)
+    single = layers is None or isinstance(layers, (int, np.integer))
+    want = {net.L if layers is None else int(layers)} if single else {int(l) for l in layers}
+    if not want or min(want) < 1 or max(want) > net.L:
+        raise ValueError(f"layers must lie in 1..L={net.L}, got {layers!r}")
+    act, N1 = net.activation, len(X1)
+    Xs = X1 if sym else np.concatenate([X1, X2])
+    kd = net.C_b[0] + net.C_W[0] * np.einsum("ai,ai->a", Xs, Xs) / net.widths[0]
+    K12 = net.C_b[0] + net.C_W[0] * (X1 @ X2.T) / net.widths[0]
+    ia, ib, dg = np.arange(N1)[:, None], (0 if sym else N1) + np.arange(len(X2)), np.arange(len(kd))
+    out = {}
+    for l in range(1, max(want) + 1):
+        if sym:  # the same numbers for a repeated input (near rho = 1 errors grow like sqrt)
+            K12[dg, dg] = kd
+        if l in want:
+            out[l] = K12
+        if l < max(want):
+            cb, cw = net.C_b[l], net.C_W[l]
+            K12, kd = cb + cw * _s2(act, kd, ia, ib, K12, deg), cb + cw * _s2(act, kd, dg, dg, kd, deg)
+    return out[max(want)] if single else out

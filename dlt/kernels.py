@@ -461,8 +461,9 @@ def preactivation_flow(net: MLP, X, *, nlo: bool = True, deg: int = DEG) -> Flow
     G1 = np.zeros((L + 1, N, N)) if nlo else None
     K[0], K[1] = X @ X.T / n[0], first_layer_metric(X, net.C_b[0], net.C_W[0])
     for l in range(1, L):
-        if not np.all(np.isfinite(K[l])):
-            warnings.warn(f"the kernel is non-finite at layer {l}; deeper layers are set to nan")
+        if not np.all(np.isfinite(K[l])) or np.any(np.diag(K[l]) < 1e-280):
+            warnings.warn(f"the kernel has exploded or vanished at layer {l} (off criticality?); "
+                          "deeper layers are set to nan")
             for T in (K, V) + ((G1,) if nlo else ()):
                 T[l + 1:] = np.nan
             break

@@ -1,0 +1,983 @@
+"""Criticality of the preactivation kernel for any activation (book chapter 5).
+
+Single-input helpers, all vectorized over the kernel value K (any array shape; K >= 0):
+
+  g(K)        = <sigma^2>_K                                          (5.5), (5.49)
+  chi_par(K)  = C_W g'(K) = (C_W / K) <z sigma' sigma>_K              (5.10), (5.50)
+  chi_perp(K) = C_W <sigma'^2>_K                                     (5.51)
+  h(K)        = C_W/(4K^2) <sigma'^2 (z^2 - K)>_K = chi_perp'(K)/2    (5.52)
+  j(K)        = C_W <sigma^2 [(z^2/K)^2 - 6 z^2/K + 3]>_K = 4K^2 C_W g''(K)   (5.111)
+  vertex_source(K) = C_W^2 (<sigma^4>_K - <sigma^2>_K^2)              (5.109)
+
+Criticality (5.55): chi_par(K*) = chi_perp(K*) = 1 at a fixed point K* = C_b + C_W g(K*) (5.56),
+found through the hyperparameter-free ratio (5.73) and the map K* -> (C_b, C_W) of (5.71)-(5.72).
+Universality classes: scale-invariant (5.58)-(5.67), K* = 0 (5.80)-(5.99), half-stable
+(5.100)-(5.105), none (5.74)-(5.79). Deep asymptotics of K, the parallel and perpendicular
+perturbations, the vertex V and the NLO metric G^{1} (5.94)-(5.143). The delta expansion of two
+nearby inputs in the gamma basis (5.15)-(5.48), and the finite-angle analysis of the scale-invariant
+class (5.145)-(5.171).
+
+Gaussian expectations (``method``):
+  'auto'      closed forms where they exist (scale-invariant family (5.60)-(5.62), (5.113); perceptron;
+              sin; erf, whose <sigma sigma>, <sigma' sigma'> come from
+              :func:`dlt.activations.gauss_expect`; erf's <sigma^4> has none), otherwise a
+              fixed node set of :mod:`dlt.gaussian`: the trapezoid rule (geometric convergence also for
+              tanh / sigmoid / softplus / SWISH, whose poles at Im z = pi/2, pi slow Gauss-Hermite
+              down) or Gauss-Hermite for polynomials (monomials; exact).
+  'gh', 'trapezoid'  force that node set (``deg`` nodes, default 200).
+  'quad'      adaptive :func:`scipy.integrate.quad` on each half-line (split at the kink z = 0),
+              epsrel 1e-13: needed for the 8-9 digit SWISH / GELU constants (spec ch. 5, pitfalls),
+              and an independent check of the closed forms.
+
+Errata implemented in corrected form (see ``book/errata.md``): the K-coefficient of g in (5.81) is
+sigma_1^2 + sigma_0 sigma_2 (not + 2 sigma_0 sigma_2); the renormalized NLO-metric coefficient of
+(5.143) is gamma = (84 a1^2 - 90 a1 b1 - a2) / (3 a1^3) (tanh: 89/72, printed 13/12).
+
+Flows are indexed by the book's layer index: entry l of a returned array is layer l; entry 0 is nan.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import scipy.integrate as si
+from scipy.optimize import brentq
+
+from .activations import Activation, gauss_expect, get_activation
+from .gaussian import _gh_grid, gaussian_expectation
+
+__all__ = [
+    "METHODS", "DEG", "CLASSES", "taylor_coefficients",
+    "g", "chi_par", "chi_perp", "h_helper", "j_helper", "vertex_source",
+    "fixed_points", "fixed_point", "criticality_ratio", "hyperparams_at", "a1_tilde",
+    "find_critical_points", "k0_coefficients", "scale_invariant_constants", "classify",
+    "k0_asymptotics", "gamma_renormalized", "gamma_printed", "single_input_flow",
+    "gamma_basis", "gamma_project", "gamma_compose", "delta_initial", "delta_recursions",
+    "delta_expectation", "scale_invariant_two_input", "scale_invariant_step", "angle_recursion",
+    "angle_asymptotics", "small_angle_step", "ddK2_step", "crossover_depth",
+]
+
+METHODS = ("auto", "gh", "trapezoid", "quad")
+DEG = 200                     # nodes of the fixed 1-D rules ('auto', 'gh', 'trapezoid')
+_QUAD = dict(epsabs=0.0, epsrel=1e-13, limit=400)
+CLASSES = ("scale-invariant", "K*=0", "half-stable", "none")
+
+
+# ----------------------------------------------------------------------------- validation
+def _act(act) -> Activation:
+    return get_activation(act)
+
+
+def _method(method, deg):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if isinstance(deg, bool) or not isinstance(deg, (int, np.integer)) or deg < 8 or deg > 2000:
+        raise ValueError(f"deg must be an integer in [8, 2000], got {deg!r}")
+    return method, int(deg)
+
+
+def _kernel(K, name="K", positive=False):
+    try:
+        K = np.asarray(K, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number or array, got {type(K).__name__}") from None
+    if not np.all(np.isfinite(K)):
+        raise ValueError(f"{name} must be finite")
+    if positive and np.any(K <= 0):
+        raise ValueError(f"{name} must be > 0 (a variance; this quantity has 1/K), got min {K.min():g}")
+    if np.any(K < 0):
+        raise ValueError(f"{name} must be >= 0 (a variance), got min {K.min():g}")
+    return K
+
+
+def _CW(C_W):
+    C_W = float(C_W)
+    if not (np.isfinite(C_W) and C_W > 0):
+        raise ValueError(f"C_W must be a finite number > 0 (Var W = C_W / n), got {C_W}")
+    return C_W
+
+
+def _Cb(C_b):
+    C_b = float(C_b)
+    if not (np.isfinite(C_b) and C_b >= 0):
+        raise ValueError(f"C_b must be a finite number >= 0 (a variance), got {C_b}")
+    return C_b
+
+
+def _layers(L):
+    if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or L < 1:
+        raise ValueError(f"the depth L must be an integer >= 1, got {L!r}")
+    return int(L)
+
+
+def _out(x):
+    x = np.asarray(x, dtype=float)
+    return float(x) if x.ndim == 0 else x
+
+
+# ----------------------------------------------------------------------------- Taylor data
+_SQPI, _SQ2PI = math.sqrt(math.pi), math.sqrt(2 * math.pi)
+_TAYLOR = {  # sigma_p = sigma^(p)(0), p = 0..5 (5.80), exact series
+    "tanh": (0, 1, 0, -2, 0, 16),
+    "sin": (0, 1, 0, -1, 0, 1),
+    "erf": (0, 2 / _SQPI, 0, -4 / _SQPI, 0, 24 / _SQPI),
+    "gelu": (0, 0.5, 2 / _SQ2PI, 0, -4 / _SQ2PI, 0),
+    "swish": (0, 0.5, 0.5, 0, -0.5, 0),
+    "softplus": (math.log(2), 0.5, 0.25, 0, -0.125, 0),
+    "sigmoid": (0.5, 0.25, 0, -0.125, 0, 0.25),
+}
+
+
+def _jax_taylor(f, order):
+    import jax
+    import jax.numpy as jnp
+    out, d = [], f
+    for _ in range(order + 1):
+        out.append(float(d(jnp.float64(0.0))))
+        d = jax.grad(d)
+    return out
+
+
+def taylor_coefficients(act, order: int = 5) -> np.ndarray:
+    """Taylor coefficients sigma_p = sigma^(p)(0), p = 0..order, of sigma(z) = sum sigma_p z^p/p! (5.80).
+
+    Exact series for the registry (tanh, sin, erf, gelu, swish, softplus, sigmoid, linear,
+    monomial); for a user-defined activation, nested ``jax.grad`` at 0 in float64. Returns an array
+    of shape (order+1,). Raises ValueError for a kinked activation (ReLU family other than linear,
+    perceptron), where sigma is not analytic at 0, or a bad order.
+    """
+    act = _act(act)
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)) or not 0 <= order <= 12:
+        raise ValueError(f"order must be an integer in 0..12, got {order!r}")
+    out = np.zeros(order + 1)
+    if act.scale_invariant:
+        if act.a_plus != act.a_minus:
+            raise ValueError(f"{act.name} has a kink at z = 0: no Taylor expansion (use the "
+                             "scale-invariant constants A2, A4, rho instead)")
+        if order >= 1:
+            out[1] = act.a_plus
+        return out
+    if act.name == "perceptron":
+        raise ValueError("the perceptron is discontinuous at z = 0: no Taylor expansion")
+    if act.name == "monomial":
+        p = dict(act.params)["p"]
+        if p <= order:
+            out[p] = math.factorial(p)
+        return out
+    if act.name in _TAYLOR and order <= 5:
+        return np.array(_TAYLOR[act.name][: order + 1], dtype=float)
+    return np.array(_jax_taylor(act.f, order))
+
+
+def _sig012(act):
+    """(sigma(0), sigma'(0), sigma''(0)) from the activation itself."""
+    z = np.zeros(1)
+    return float(act.f(z)[0]), float(act.df(z)[0]), float(act.ddf(z)[0])
+
+
+# ----------------------------------------------------------------------------- Gaussian moments
+# Integrands in the standard variable x ~ N(0, 1), z = sqrt(K) x:
+#   ss = <s^2>, xss1 = <x s s'> (= <z s s'>/sqrt K), s1s1 = <s'^2>, s4 = <s^4>,
+#   he4 = <s^2 He4(x)>, hd = <s'^2 (x^2 - 1)> (= <s'^2 (z^2 - K)>/K).
+_NEEDS_D = ("xss1", "s1s1", "hd")
+
+
+def _integrands(act, x, sk, names):
+    z = sk * x
+    s = act.f(z)
+    d = act.df(z) if any(n in _NEEDS_D for n in names) else None
+    x2 = x * x
+    table = {"ss": lambda: s * s, "xss1": lambda: x * s * d, "s1s1": lambda: d * d,
+             "s4": lambda: (s * s) ** 2, "he4": lambda: s * s * ((x2 - 6) * x2 + 3),
+             "hd": lambda: d * d * (x2 - 1)}
+    return [np.asarray(table[n](), dtype=float) for n in names]
+
+
+def _two(K):
+    return K[..., None, None] * np.ones((2, 2))
+
+
+def _closed_moments(act, K, names):
+    """Closed-form moments for the scale-invariant family, perceptron, sin, erf; None otherwise."""
+    sk = np.sqrt(K)
+    if act.scale_invariant:
+        A2 = (act.a_plus**2 + act.a_minus**2) / 2
+        A4 = (act.a_plus**4 + act.a_minus**4) / 2
+        t = {"ss": lambda: A2 * K, "s1s1": lambda: A2 + 0 * K, "xss1": lambda: A2 * sk,
+             "s4": lambda: 3 * A4 * K**2, "he4": lambda: 0 * K, "hd": lambda: 0 * K}   # (5.60)-(5.62)
+    elif act.name == "perceptron":
+        def delta():
+            raise ValueError("sigma' of the perceptron is a delta function: <sigma'^2> (chi_perp, h) "
+                             "is infinite")
+        t = {"ss": lambda: 0.5 + 0 * K, "xss1": lambda: 0 * K, "s4": lambda: 0.5 + 0 * K,
+             "he4": lambda: 0 * K, "s1s1": delta, "hd": delta}
+    elif act.name == "sin":
+        e2 = np.exp(-2 * K)
+        t = {"xss1": lambda: sk * e2, "s4": lambda: (3 - 4 * e2 + np.exp(-8 * K)) / 8,
+             "he4": lambda: -8 * K**2 * e2, "hd": lambda: -2 * K * e2}
+    elif act.name == "erf":
+        a, b = 1 + 2 * K, 1 + 4 * K
+        t = {"xss1": lambda: sk * 4 / (np.pi * a * np.sqrt(b)),           # sqrt(K) g'(K)
+             "he4": lambda: -16 / np.pi * K**2 * (2 / (a**2 * np.sqrt(b)) + 2 / (a * b**1.5)),
+             "hd": lambda: -16 / np.pi * K / b**1.5}
+    else:
+        return None
+    out = {}
+    for n in names:
+        if n in t:
+            out[n] = np.asarray(t[n](), dtype=float)
+        elif n in ("ss", "s1s1"):  # <sigma sigma>, <sigma' sigma'>: arc-cosine / arcsine / sin forms
+            out[n] = gauss_expect(act, _two(K), (0, 0) if n == "ss" else (1, 1))
+        else:  # erf <sigma^4>: no closed form
+            return None
+    return out
+
+
+def _rule(act, method):
+    if method == "gh" or act.name == "monomial":  # Gauss-Hermite is exact on polynomials
+        return "hermite"
+    return "trapezoid"
+
+
+def _quad1(fun):
+    """int phi(x) fun(x) dx on each half-line; returns (value, error estimate)."""
+    tot, err = 0.0, 0.0
+    phi = lambda x: math.exp(-0.5 * x * x) / _SQ2PI
+    for a, b in ((-np.inf, 0.0), (0.0, np.inf)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", si.IntegrationWarning)
+            v, e = si.quad(lambda x: phi(x) * fun(x), a, b, **_QUAD)
+        tot, err = tot + v, err + e
+    return tot, err
+
+
+def _quad_moments(act, K, names):
+    out = {n: np.empty(K.shape) for n in names}
+    for idx in np.ndindex(K.shape):
+        sk = math.sqrt(K[idx])
+        for n in names:
+            f = lambda x, n=n: float(_integrands(act, np.array([x]), sk, [n])[0][0])
+            out[n][idx] = _quad1(f)[0]
+    return out
+
+
+def _moments(act, K, names, method="auto", deg=DEG):
+    """dict name -> <integrand>_K, arrays of K.shape (K validated, >= 0)."""
+    method, deg = _method(method, deg)
+    if method == "auto":
+        c = _closed_moments(act, K, names)
+        if c is not None:
+            return c
+    elif act.name == "perceptron":  # the fixed rules cannot resolve sigma' = delta anyway
+        c = _closed_moments(act, K, names)
+        if c is not None:
+            return c
+    if method == "quad":
+        return _quad_moments(act, K, names)
+    sk = np.sqrt(K)
+
+    def f(u):  # u (..., P, 1) standard normal nodes; batch of identity covariances
+        return np.stack(_integrands(act, u[..., 0], sk[..., None], names), axis=-1)
+
+    res = gaussian_expectation(f, np.ones(K.shape + (1, 1)), deg=deg, rule=_rule(act, method))
+    return {n: res[..., i] for i, n in enumerate(names)}
+
+
+class _Local:
+    """Fast moments at one scalar K per call (the per-layer step of a flow): closed forms, a fixed
+    node set of dlt.gaussian (precomputed once), or adaptive quadrature."""
+
+    def __init__(self, act, names, method, deg):
+        self.act, self.names = act, names
+        self.method, deg = _method(method, deg)
+        self.closed = method == "auto" and _closed_moments(act, np.ones(1), names) is not None
+        if not self.closed and method != "quad":
+            u, w = _gh_grid(1, deg, _rule(act, method))
+            self.x, self.w = u[:, 0], w
+
+    def __call__(self, K):
+        if self.closed:
+            c = _closed_moments(self.act, np.array([K]), self.names)
+            return {n: np.float64(v[0]) for n, v in c.items()}
+        if self.method == "quad":
+            return {n: np.float64(v) for n, v in _quad_moments(self.act, np.asarray(K), self.names).items()}
+        vals = _integrands(self.act, self.x, math.sqrt(K), self.names)
+        return {n: np.float64(self.w @ v) for n, v in zip(self.names, vals)}
+
+
+# ----------------------------------------------------------------------------- K -> 0 limits
+def _limit0(act, what, C_W=1.0):
+    """Values at K = 0 of quantities with a 1/K: chi_par, h, ratio (Taylor data, (5.81) corrected)."""
+    s0, s1, s2 = _sig012(act)
+    if act.scale_invariant:
+        A2 = (act.a_plus**2 + act.a_minus**2) / 2
+        return {"chi_par": C_W * A2, "h": 0.0, "ratio": 1.0}[what]
+    if what == "chi_par":       # C_W g'(0) = C_W (sigma1^2 + sigma0 sigma2)
+        return C_W * (s1 * s1 + s0 * s2)
+    if what == "ratio":
+        den = s1 * s1 + s0 * s2
+        if den == 0:
+            raise ValueError(f"the ratio (5.73) of {act.name} is 0/0 at K = 0; evaluate it at K > 0")
+        return s1 * s1 / den
+    t = taylor_coefficients(act, 3)  # h(0) = C_W (sigma2^2 + sigma1 sigma3) / 2
+    return C_W * (t[2] ** 2 + t[1] * t[3]) / 2
+
+
+def _with_zero(K, fn_pos, val0):
+    """Evaluate fn_pos on K > 0 and put the K -> 0 limit val0() at K == 0."""
+    out = np.empty(K.shape)
+    pos = K > 0
+    if np.any(pos):
+        out[pos] = fn_pos(K[pos])
+    if np.any(~pos):
+        out[~pos] = val0()
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+def g(act, K, method="auto", deg=DEG):
+    """Helper g(K) = <sigma(z) sigma(z)>_K (5.5), (5.49). K: scalar or array, >= 0 -> same shape.
+
+    Closed forms: scale-invariant A2 K (5.60), sin (1 - e^{-2K})/2, erf (2/pi) arcsin(2K/(1+2K)).
+    Raises ValueError for K < 0, an unknown activation or method.
+    """
+    act, K = _act(act), _kernel(K)
+    return _out(_moments(act, K, ["ss"], method, deg)["ss"])
+
+
+def chi_par(act, K, C_W, method="auto", deg=DEG):
+    """Parallel susceptibility chi_par(K) = C_W g'(K) = (C_W/K) <z sigma' sigma>_K (5.10), (5.50).
+
+    Uses the <z sigma sigma'> form (the (z^2 - K) form cancels at small K); at K = 0 the limit
+    C_W (sigma_1^2 + sigma_0 sigma_2) (corrected (5.81)). K >= 0 (array), C_W > 0.
+    Raises ValueError for bad K, C_W or method.
+    """
+    act, K, C_W = _act(act), _kernel(K), _CW(C_W)
+    pos = lambda k: C_W * _moments(act, k, ["xss1"], method, deg)["xss1"] / np.sqrt(k)
+    return _out(_with_zero(K, pos, lambda: _limit0(act, "chi_par", C_W)))
+
+
+def chi_perp(act, K, C_W, method="auto", deg=DEG):
+    """Perpendicular susceptibility chi_perp(K) = C_W <sigma'(z) sigma'(z)>_K (5.51).
+
+    K >= 0 (array), C_W > 0. Raises ValueError for bad input or for the perceptron (sigma' = delta).
+    """
+    act, K, C_W = _act(act), _kernel(K), _CW(C_W)
+    return _out(C_W * _moments(act, K, ["s1s1"], method, deg)["s1s1"])
+
+
+def h_helper(act, K, C_W, method="auto", deg=DEG):
+    """Helper h(K) = C_W/(4K^2) <sigma'^2 (z^2 - K)>_K = chi_perp'(K)/2 (5.52), source of the
+    perpendicular perturbation by (delta K_[1])^2 in (5.48). K >= 0 (K = 0 by Taylor data), C_W > 0.
+    Raises ValueError for bad input or the perceptron.
+    """
+    act, K, C_W = _act(act), _kernel(K), _CW(C_W)
+    pos = lambda k: C_W * _moments(act, k, ["hd"], method, deg)["hd"] / (4 * k)
+    return _out(_with_zero(K, pos, lambda: _limit0(act, "h", C_W)))
+
+
+def j_helper(act, K, C_W, method="auto", deg=DEG):
+    """Helper j(K) = C_W <sigma^2 [(z^2/K)^2 - 6 z^2/K + 3]>_K = 4 K^2 C_W g''(K) (5.111), the
+    source of the NLO metric in (5.110). K >= 0 (array), C_W > 0. Raises ValueError for bad input.
+    """
+    act, K, C_W = _act(act), _kernel(K), _CW(C_W)
+    return _out(C_W * _moments(act, K, ["he4"], method, deg)["he4"])
+
+
+def vertex_source(act, K, C_W, method="auto", deg=DEG):
+    """C_W^2 (<sigma^4>_K - <sigma^2>_K^2), the local source of the single-input vertex (5.109);
+    C_W^2 (3 A4 - A2^2) K^2 for the scale-invariant class (5.113). K >= 0, C_W > 0."""
+    act, K, C_W = _act(act), _kernel(K), _CW(C_W)
+    m = _moments(act, K, ["s4", "ss"], method, deg)
+    return _out(C_W**2 * (m["s4"] - m["ss"] ** 2))
+
+
+# ----------------------------------------------------------------------------- fixed points
+def _F(act, C_b, C_W, method, deg):
+    return lambda K: C_b + C_W * float(_moments(act, np.asarray(K, float), ["ss"], method, deg)["ss"]) - K
+
+
+def fixed_points(act, C_b, C_W, K_max=1e4, n_grid=4000, method="auto", deg=DEG, tol=1e-8):
+    """All fixed points K* = C_b + C_W g(K*) (5.7), (5.56) in [0, K_max], sorted.
+
+    Simple roots: sign changes of F(K) = C_b + C_W g(K) - K on the grid {0} u geomspace(1e-8, K_max)
+    refined by brentq (xtol 1e-14); tangent (double) roots, e.g. the half-stable K* at the
+    half-critical constants: extrema of F (chi_par = 1) with |F| <= tol (1 + K) that bend toward 0
+    (rounded constants leave a near-miss of size ~1e-10). Scale-invariant activations
+    are solved exactly. Returns an array (possibly empty).
+    Raises ValueError for C_b < 0, C_W <= 0, bad K_max, and for the scale-invariant critical case
+    (C_b, C_W) = (0, 1/A2), where every K is a fixed point (5.66).
+    """
+    act, C_b, C_W = _act(act), _Cb(C_b), _CW(C_W)
+    if not (np.isfinite(K_max) and K_max > 1e-8):
+        raise ValueError(f"K_max must be a finite number > 1e-8, got {K_max}")
+    if act.scale_invariant:
+        chi = C_W * (act.a_plus**2 + act.a_minus**2) / 2
+        if abs(chi - 1) < 1e-13:
+            if C_b == 0:
+                raise ValueError("scale-invariant criticality (C_b, C_W) = (0, 1/A2): every K is a "
+                                 "fixed point (a line of fixed points, (5.66))")
+            return np.array([])   # semi-criticality: K grows linearly in l
+        ks = C_b / (1 - chi)
+        return np.array([ks]) if 0 <= ks <= K_max else np.array([])
+    grid = np.concatenate([[0.0], np.geomspace(1e-8, K_max, n_grid)])
+    gg = np.asarray(_moments(act, grid, ["ss"], method if method != "quad" else "auto", deg)["ss"])
+    Fg = C_b + C_W * gg - grid
+    F = _F(act, C_b, C_W, method, deg)
+    roots = [0.0] if Fg[0] == 0 else []
+    for i in range(len(grid) - 1):
+        a, b = grid[i], grid[i + 1]
+        if Fg[i] == 0 and i > 0:
+            roots.append(a)
+        elif Fg[i] * Fg[i + 1] < 0:
+            roots.append(brentq(F, a, b, xtol=1e-14, rtol=1e-15))
+    # tangent roots: chi_par - 1 changes sign and F ~ 0 there
+    cp = np.asarray(chi_par(act, grid[1:], C_W, method if method != "quad" else "auto", deg)) - 1
+    for i in range(len(cp) - 1):
+        if cp[i] * cp[i + 1] < 0:
+            k = brentq(lambda k: float(chi_par(act, k, C_W, method, deg)) - 1, grid[i + 1], grid[i + 2],
+                       xtol=1e-14, rtol=1e-15)
+            Fk, curv = F(k), float(a1_tilde(act, k, C_W, method, deg))  # F'' = 2 a1~
+            new = lambda k: all(abs(k - r) > 1e-9 * (1 + k) for r in roots)
+            if Fk * curv >= 0:
+                # an extremum of F bending toward 0: a tangent root if it (nearly) touches 0
+                if abs(Fk) <= tol * (1 + k) and new(k):
+                    roots.append(k)
+            else:  # F crosses 0 on both sides of the extremum; roots inside one grid cell are
+                for a, b in ((grid[i + 1], k), (k, grid[i + 2])):   # missed by the scan above
+                    if F(a) * Fk < 0:
+                        x = brentq(F, a, b, xtol=1e-14, rtol=1e-15)
+                        if new(x):
+                            roots.append(x)
+    return np.array(sorted(roots))
+
+
+def fixed_point(act, C_b, C_W, bracket=None, K_max=1e4, method="auto", deg=DEG):
+    """The fixed point K* = C_b + C_W g(K*) (5.7) that the single-input kernel flows to.
+
+    bracket=(lo, hi): the root in [lo, hi] (brentq; F must change sign, or the bracket must hold a
+    tangent root). Without a bracket: the unique fixed point in [0, K_max], or, if there are several,
+    the unique attracting one (chi_par(K*) < 1); e.g. GELU at its half-critical constants -> 3.035.
+    Returns a float. Raises ValueError if there is no fixed point ("the kernel flows to infinity"),
+    if several remain ambiguous (pass a bracket), for bad hyperparameters, and for the scale-invariant
+    critical line.
+    """
+    act, C_b, C_W = _act(act), _Cb(C_b), _CW(C_W)
+    if bracket is not None:
+        lo, hi = (float(v) for v in bracket)
+        if not 0 <= lo < hi:
+            raise ValueError(f"bracket must be (lo, hi) with 0 <= lo < hi, got {bracket}")
+        F = _F(act, C_b, C_W, method, deg)
+        if F(lo) * F(hi) <= 0:
+            return float(brentq(F, lo, hi, xtol=1e-14, rtol=1e-15))
+        r = fixed_points(act, C_b, C_W, K_max=max(hi, 1e-7), method=method, deg=deg)
+        r = r[(r >= lo) & (r <= hi)]
+        if len(r) == 1:
+            return float(r[0])
+        raise ValueError(f"no (unique) fixed point of K = C_b + C_W g(K) in the bracket {bracket}")
+    r = fixed_points(act, C_b, C_W, K_max=K_max, method=method, deg=deg)
+    if len(r) == 0:
+        raise ValueError(f"no fixed point of K = C_b + C_W g(K) in [0, {K_max:g}] for {act.name} with "
+                         f"(C_b, C_W) = ({C_b}, {C_W}): the kernel flows to infinity")
+    if len(r) == 1:
+        return float(r[0])
+    att = [k for k in r if float(chi_par(act, k, C_W, method, deg)) < 1 - 1e-12]
+    if len(att) == 1:
+        return float(att[0])
+    raise ValueError(f"several fixed points {np.round(r, 10).tolist()}; pass bracket=(lo, hi)")
+
+
+# ----------------------------------------------------------------------------- criticality
+def criticality_ratio(act, K, method="auto", deg=DEG):
+    """chi_perp/chi_par = 2K^2 <sigma'^2>_K / <sigma^2 (z^2 - K)>_K = K <sigma'^2> / <z sigma sigma'>
+    (5.73), independent of C_b and C_W; criticality needs ratio = 1 at K*. K >= 0 (array); at K = 0
+    the limit sigma_1^2/(sigma_1^2 + sigma_0 sigma_2) (corrected (5.81)). Monomials z^p give
+    p/(2p-1) (5.78). Raises ValueError for K < 0, 0/0 at K = 0 (e.g. z^2), the perceptron.
+    """
+    act, K = _act(act), _kernel(K)
+
+    def pos(k):
+        m = _moments(act, k, ["s1s1", "xss1"], method, deg)
+        return m["s1s1"] * np.sqrt(k) / m["xss1"]
+
+    return _out(_with_zero(K, pos, lambda: _limit0(act, "ratio")))
+
+
+def hyperparams_at(act, K, method="auto", deg=DEG):
+    """(C_b, C_W) that make K a fixed point with chi_perp(K) = 1 (5.71), (5.72):
+    C_W = 1/<sigma'^2>_K, C_b = K - <sigma^2>_K / <sigma'^2>_K. K >= 0 (array) -> two arrays.
+    Raises ValueError for K < 0 or <sigma'^2>_K = 0 (e.g. z^p, p >= 2, at K = 0).
+    """
+    act, K = _act(act), _kernel(K)
+    m = _moments(act, K, ["ss", "s1s1"], method, deg)
+    if np.any(m["s1s1"] <= 0):
+        raise ValueError(f"<sigma'^2>_K = 0 for {act.name} at some K: no finite C_W (5.71)")
+    return _out(K - m["ss"] / m["s1s1"]), _out(1 / m["s1s1"])
+
+
+def a1_tilde(act, K_star, C_W, method="auto", deg=DEG):
+    """Quadratic coefficient a1~ = C_W g''(K*)/2 = j(K*)/(8 K*^2) of Delta K' = Delta K + a1~ Delta K^2
+    (5.102) at a fixed point with chi_par = 1; a1~ < 0 attracts from above (GELU), a1~ > 0 from below
+    (SWISH). At K* = 0 it is C_W (2 s0 s4 + 8 s1 s3 + 6 s2^2)/8, = a1 (5.86) at C_W = 1/sigma_1^2.
+    Raises ValueError for K* < 0, C_W <= 0.
+    """
+    act, K, C_W = _act(act), _kernel(K_star, "K_star"), _CW(C_W)
+
+    def zero():
+        if act.scale_invariant:
+            return 0.0
+        t = taylor_coefficients(act, 4)
+        return C_W * (2 * t[0] * t[4] + 8 * t[1] * t[3] + 6 * t[2] ** 2) / 8
+
+    pos = lambda k: C_W * _moments(act, k, ["he4"], method, deg)["he4"] / (8 * k * k)
+    return _out(_with_zero(K, pos, zero))
+
+
+def k0_coefficients(taylor):
+    """(a1, a2, b1) of the K* = 0 class (5.86)-(5.88) from Taylor data (sigma_0 .. sigma_5) (a
+    sequence, padded with zeros) or from an activation (via :func:`taylor_coefficients`):
+      a1 = s3/s1 + (3/4)(s2/s1)^2,  a2 = (1/4) s5/s1 + (5/8) s4 s2/s1^2 + (5/12)(s3/s1)^2,
+      b1 = s3/s1 + (s2/s1)^2.
+    With C_W = 1/s1^2: C_W g = K + a1 K^2 + a2 K^3, chi_par = 1 + 2 a1 K + 3 a2 K^2, chi_perp =
+    1 + b1 K (5.83)-(5.85). tanh (-2, 17/3, -2), sin (-1, 2/3, -1).
+    Raises ValueError if sigma_0 != 0 or sigma_1 == 0 (no K* = 0 fixed point, (5.89)).
+    """
+    if isinstance(taylor, (str, Activation)) or callable(taylor):
+        taylor = taylor_coefficients(taylor, 5)
+    t = np.zeros(6)
+    tt = np.asarray(taylor, dtype=float).ravel()[:6]
+    t[: len(tt)] = tt
+    if t[0] != 0:
+        raise ValueError(f"the K* = 0 expansion needs sigma_0 = sigma(0) = 0 (5.89), got {t[0]:g}; "
+                         "shift the activation first")
+    if t[1] == 0:
+        raise ValueError("the K* = 0 expansion needs sigma_1 = sigma'(0) != 0 (5.89)")
+    s = t / t[1]
+    return (float(s[3] + 0.75 * s[2] ** 2), float(s[5] / 4 + 5 / 8 * s[4] * s[2] + 5 / 12 * s[3] ** 2),
+            float(s[3] + s[2] ** 2))
+
+
+def scale_invariant_constants(a_plus=1.0, a_minus=0.0):
+    """(A2, A4, rho) of sigma = a+ z (z >= 0), a- z (z < 0): A2 = (a+^2 + a-^2)/2 (5.61),
+    A4 = (a+^4 + a-^4)/2 (5.114), rho = (a+ - a-)^2 / (pi (a+^2 + a-^2)) (5.163). Critical
+    (C_b, C_W) = (0, 1/A2) (5.67). a_plus may instead be a scale-invariant activation.
+    Raises ValueError for a non-scale-invariant activation or a+ = a- = 0.
+    """
+    if isinstance(a_plus, (str, Activation)):
+        act = _act(a_plus)
+        if not act.scale_invariant:
+            raise ValueError(f"{act.name} is not in the scale-invariant family (5.58)")
+        a_plus, a_minus = act.a_plus, act.a_minus
+    ap, am = float(a_plus), float(a_minus)
+    if ap == 0 and am == 0:
+        raise ValueError("a_plus = a_minus = 0 is the zero function")
+    A2, A4 = (ap**2 + am**2) / 2, (ap**4 + am**4) / 2
+    return A2, A4, (ap - am) ** 2 / (np.pi * (ap**2 + am**2))
+
+
+def _stability(a1t, K_star):
+    if a1t is None:
+        return None
+    if K_star == 0:
+        return "stable" if a1t < 0 else ("unstable" if a1t > 0 else "marginal")
+    return "attracts from above" if a1t < 0 else ("attracts from below" if a1t > 0 else "marginal")
+
+
+def find_critical_points(act, K_grid=None, method="quad", deg=DEG):
+    """Critical points of the kernel (5.55): roots of the ratio (5.73) = 1, with their
+    hyperparameters (5.71)-(5.72) and quadratic coefficient (5.102).
+
+    Scans the ratio on ``K_grid`` (default geomspace(1e-4, 50, 400)) with the fixed node set, refines
+    each crossing of 1 with brentq (xtol 1e-14) using ``method`` ('quad' by default: 8-9 digits),
+    and adds the K -> 0 limit when sigma_1^2/(sigma_1^2 + sigma_0 sigma_2) = 1 (Taylor data).
+    Returns a list (sorted by K*) of dicts K_star, C_b, C_W, a1tilde, stability, physical:
+    stability 'stable'/'unstable' at K* = 0 (-a1 > 0 / < 0), 'attracts from above' (a1~ < 0) or
+    'attracts from below' (a1~ > 0) at K* > 0; physical = (C_b >= 0). A scale-invariant activation
+    gives one entry with K_star=None (every K, (5.66)), (C_b, C_W) = (0, 1/A2).
+    Raises ValueError for the perceptron (sigma' is a delta function) or a bad grid.
+    """
+    act = _act(act)
+    if act.scale_invariant:
+        A2 = scale_invariant_constants(act)[0]
+        return [dict(K_star=None, C_b=0.0, C_W=1 / A2, a1tilde=0.0, stability="marginal",
+                     physical=True)]
+    if act.name == "perceptron":
+        raise ValueError("the perceptron has sigma' = delta: chi_perp is infinite, no criticality")
+    grid = np.geomspace(1e-4, 50, 400) if K_grid is None else _kernel(K_grid, "K_grid", positive=True)
+    grid = np.sort(grid.ravel())
+    if grid.size < 2:
+        raise ValueError("K_grid needs at least two points")
+    r = np.asarray(criticality_ratio(act, grid, "auto", deg)) - 1
+    if np.all(np.abs(r) < 1e-12):   # ratio identically 1: a linear function (scale-invariant)
+        C_W = 1 / _sig012(act)[1] ** 2
+        return [dict(K_star=None, C_b=0.0, C_W=C_W, a1tilde=0.0, stability="marginal", physical=True)]
+    out = []
+
+    def entry(K):
+        C_b, C_W = (float(v) for v in hyperparams_at(act, K, method, deg))
+        at = float(a1_tilde(act, K, C_W, method, deg))
+        return dict(K_star=K, C_b=C_b, C_W=C_W, a1tilde=at, stability=_stability(at, K),
+                    physical=C_b >= 0)
+
+    s0, s1, s2 = _sig012(act)
+    if s1 != 0 and s0 * s2 == 0:   # ratio -> 1 at K -> 0
+        C_W = 1 / s1**2
+        if s0 == 0:
+            a1 = k0_coefficients(taylor_coefficients(act, 5))[0]
+        else:
+            a1 = None
+        out.append(dict(K_star=0.0, C_b=-((s0 / s1) ** 2) + 0.0, C_W=C_W, a1tilde=a1,
+                        stability=_stability(a1, 0.0), physical=s0 == 0))
+    f = lambda K: float(criticality_ratio(act, K, method, deg)) - 1
+    for i in range(len(grid) - 1):
+        if r[i] == 0:
+            out.append(entry(float(grid[i])))
+        elif r[i] * r[i + 1] < 0:
+            out.append(entry(brentq(f, grid[i], grid[i + 1], xtol=1e-14, rtol=1e-15)))
+    return out
+
+
+def classify(act) -> str:
+    """Universality class (§5.2-5.3): 'scale-invariant' (sigma(lambda z) = lambda sigma(z), (5.58)),
+    'K*=0' (sigma_0 = 0, sigma_1 != 0 and -a1 > 0, (5.89)-(5.92); or a1 = 0 with -a2 > 0, footnote 19),
+    'half-stable' (a physical critical point K* > 0: SWISH, GELU), or 'none' (sigmoid, softplus,
+    monomials z^p with p >= 2, perceptron). Raises ValueError for an unknown activation.
+    """
+    act = _act(act)
+    if act.scale_invariant:
+        return "scale-invariant"
+    if act.name == "perceptron":
+        return "none"
+    t = taylor_coefficients(act, 5)
+    if t[0] == 0 and t[1] != 0 and not np.any(t[2:]):
+        return "scale-invariant"      # sigma = sigma_1 z (a linear function)
+    if t[0] == 0 and t[1] != 0:
+        a1, a2, _ = k0_coefficients(t)
+        if a1 < 0 or (a1 == 0 and a2 < 0):
+            return "K*=0"
+    pts = find_critical_points(act, method="auto")
+    if any(p["physical"] and p["K_star"] > 0 and p["a1tilde"] != 0 for p in pts):
+        return "half-stable"
+    return "none"
+
+
+# ----------------------------------------------------------------------------- deep asymptotics
+def gamma_renormalized(a1, a2, b1):
+    """Coefficient gamma of the renormalized NLO metric G^{1} = gamma/l + O(log l / l^2) with
+    c_b^{1} = 0, c_W^{1} = 2/(3 sigma_1^2) (5.142), corrected from (5.143):
+    gamma = (84 a1^2 - 90 a1 b1 - a2)/(3 a1^3) = (2/3)(3a2 - a1^2)/(-a1)^3 + a1 v2, with v2 the
+    1/l^2 coefficient of V (5.127). tanh 89/72, sin 20/9. See book/errata.md."""
+    a1, a2, b1 = float(a1), float(a2), float(b1)
+    if a1 == 0:
+        raise ValueError("gamma needs a1 != 0")
+    return (84 * a1**2 - 90 * a1 * b1 - a2) / (3 * a1**3)
+
+
+def gamma_printed(a1, a2, b1=None):
+    """The coefficient as printed in (5.143), (2/3)(3 a2 - a1^2)/(-a1)^3 (tanh 13/12): wrong, kept
+    for the erratum comparison; use :func:`gamma_renormalized`."""
+    return 2 / 3 * (3 * a2 - a1**2) / (-a1) ** 3
+
+
+def k0_asymptotics(a1, a2, b1, ell, log_ell0=0.0):
+    """Large-depth solutions for the K* = 0 class at criticality (C_b, C_W) = (0, 1/sigma_1^2).
+
+    ell: depth(s) >= 1 (array); log_ell0 = log(l_0), the data-dependent scale (L = log(l/l_0)).
+    Returns a dict of arrays (shape of ell):
+      'K'       (5.94): 1/((-a1) l) - q/a1^3 L/l^2 - q^2/a1^5 L^2/l^3 + q^2/a1^5 L/l^3, q = a2 - a1^2
+      'dK1'     (5.97): l^-2 [1 + 2 a1 q/a1^3 L/l]             (times the constant delta_par)
+      'ddK2'    (5.99): l^(-b1/a1) [1 + b1 q/a1^3 L/l]         (times the constant delta_2)
+      'V'       (5.127): 2/(3a1^2 l) + 2q/(3a1^4) L/l^2 + (5a2 + a1(82a1 - 90b1))/(3a1^4) / l^2
+      'G1_bare' (5.134): -1/(3(-a1))  (constant)
+      'G1_ren'  (5.143, corrected): gamma/l with gamma = gamma_renormalized(a1, a2, b1)
+    plus the scalars 'gamma', 'gamma_printed', 'p_perp' = b1/a1. Errors: O(1/l^3) for K and
+    O(log^2 l/l^3) for V (absolute), relative O(1/l) for dK1, ddK2, O(log l/l) for G1.
+    Raises ValueError unless -a1 > 0 (the K* = 0 point must be stable) and ell >= 1.
+    """
+    a1, a2, b1 = float(a1), float(a2), float(b1)
+    if not a1 < 0:
+        raise ValueError(f"the K* = 0 asymptotics need -a1 > 0 (stable fixed point), got a1 = {a1}")
+    ell = np.asarray(ell, dtype=float)
+    if np.any(~np.isfinite(ell)) or np.any(ell < 1):
+        raise ValueError("ell must be finite and >= 1")
+    L, q = np.log(ell) - log_ell0, a2 - a1**2
+    c = q**2 / a1**5
+    out = {
+        "K": 1 / (-a1 * ell) - q / a1**3 * L / ell**2 - c * L**2 / ell**3 + c * L / ell**3,
+        "dK1": ell**-2.0 * (1 + 2 * a1 * q / a1**3 * L / ell),
+        "ddK2": ell ** (-b1 / a1) * (1 + b1 * q / a1**3 * L / ell),
+        "V": 2 / (3 * a1**2 * ell) + 2 * q / (3 * a1**4) * L / ell**2
+        + (5 * a2 + a1 * (82 * a1 - 90 * b1)) / (3 * a1**4) / ell**2,
+        "G1_bare": -1 / (3 * (-a1)) + 0 * ell,
+        "G1_ren": gamma_renormalized(a1, a2, b1) / ell,
+    }
+    out = {k: _out(v) for k, v in out.items()}
+    out.update(gamma=gamma_renormalized(a1, a2, b1), gamma_printed=gamma_printed(a1, a2),
+               p_perp=b1 / a1)
+    return out
+
+
+# ----------------------------------------------------------------------------- single-input flow
+def _diverged(name, l, arrays, fill):
+    warnings.warn(f"{name}: the kernel is no longer finite at layer {l} (it diverges off "
+                  "criticality); deeper layers are set to inf (K, V) / nan (G1)", RuntimeWarning,
+                  stacklevel=3)
+    for a, v in zip(arrays, fill):
+        a[l:] = v
+
+
+def single_input_flow(act, C_b, C_W, K1, L, c_b1=0.0, c_W1=0.0, method="auto", deg=DEG):
+    """Single-input K, V, G^{1} of an MLP with equal hidden widths n, to layer L (5.108)-(5.110),
+    with the optional 1/n retuning C_b = C_b + c_b1/n, C_W = C_W + c_W1/n of layers >= 2 (5.138)-(5.140):
+      K(l+1)  = C_b + C_W g(K(l))
+      V(l+1)  = chi_par(K(l))^2 V(l) + C_W^2 (<sigma^4> - <sigma^2>^2)_{K(l)}
+      G1(l+1) = c_b1 + c_W1 g(K(l)) + chi_par(K(l)) G1(l) + j(K(l))/8 V(l)/K(l)^2
+    with V(1) = G1(1) = 0; E[z_i z_i] = K + G1/n + O(1/n^2), connected E[z_i^2 z_j^2] = V/n (i != j).
+    Why a second code path beside dlt.kernels.preactivation_flow (whose N_D = 1 case is the same
+    recursion): chapter 5 is *about* these compact variables (chi_par, j), it needs the 1/n-retuned
+    hyperparameters, and its asymptotics iterate 10^4-10^5 layers, which the general block-tensor
+    engine does ~25x slower. tests/test_criticality.py checks the two agree to ~1e-11.
+    K1: first-layer kernel C_b + C_W |x|^2/n_0 (> 0). Returns dict K, V, G1 of arrays (L+1,) indexed
+    by layer (entry 0 is nan). About 10-30 us per layer for registry activations (10^4 layers in
+    0.1-0.3 s); a user-defined (JAX) activation costs ~0.3 ms per layer. Accuracy of the default
+    node set: ~1e-13 relative for K <~ 3, degrading for tanh at large K (2e-8 at K = 14); use
+    method='quad' (slow) or a larger deg there.
+    Raises ValueError for bad hyperparameters, K1 <= 0, L < 1; warns and fills inf (K, V) / nan (G1)
+    from the layer where the kernel stops being finite (divergence off criticality).
+    """
+    act, C_b, C_W, L = _act(act), _Cb(C_b), _CW(C_W), _layers(L)
+    K1 = float(_kernel(K1, "K1", positive=True))
+    c_b1, c_W1 = float(c_b1), float(c_W1)
+    loc = _Local(act, ["ss", "xss1", "s4", "he4"], method, deg)
+    K, V, G1 = np.full(L + 1, np.nan), np.full(L + 1, np.nan), np.full(L + 1, np.nan)
+    K[1], V[1], G1[1] = K1, 0.0, 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for l in range(1, L):
+            k = K[l]
+            if not (np.isfinite(k) and k < 1e300):
+                K[l:], V[l:], G1[l:] = np.inf, np.inf, np.nan
+                break
+            m = loc(k)
+            chi = C_W * m["xss1"] / math.sqrt(k) if k > 0 else _limit0(act, "chi_par", C_W)
+            K[l + 1] = C_b + C_W * m["ss"]
+            src = m["s4"] - m["ss"] ** 2
+            if not np.isfinite(src):    # inf - inf once sigma^4 overflows: the vertex diverges
+                src = np.inf
+            V[l + 1] = chi * chi * V[l] + C_W**2 * src
+            jv = C_W * m["he4"] / 8 * V[l] / (k * k) if (V[l] != 0 and m["he4"] != 0) else 0.0
+            G1[l + 1] = c_b1 + c_W1 * m["ss"] + chi * G1[l] + jv
+    bad = ~(np.isfinite(K[1:]) & np.isfinite(V[1:]) & np.isfinite(G1[1:]))
+    if bad.any():
+        warnings.warn(f"single_input_flow: non-finite values from layer {1 + int(np.argmax(bad))} on "
+                      "(divergence off criticality, or float64 overflow of V ~ K^2)", RuntimeWarning,
+                      stacklevel=2)
+    return {"K": K, "V": V, "G1": G1}
+
+
+# ----------------------------------------------------------------------------- gamma basis, delta expansion
+_GAMMA = np.array([[[1.0, 1.0], [1.0, 1.0]], [[1.0, 0.0], [0.0, -1.0]], [[1.0, -1.0], [-1.0, 1.0]]])
+_GAMMA.flags.writeable = False
+
+
+def gamma_basis() -> np.ndarray:
+    """The matrices gamma^[0], gamma^[1], gamma^[2] (5.16), shape (3, 2, 2), index order (+, -)."""
+    return _GAMMA.copy()
+
+
+def gamma_project(M) -> np.ndarray:
+    """Components M_[a] = sum M_ab gamma^[a]_ba / sum gamma^[a]_ab gamma^[a]_ba (5.20) of 2x2 matrices.
+
+    M (..., 2, 2) -> (..., 3): for a kernel, K_[0] = (K++ + K-- + 2K+-)/4, K_[1] = (K++ - K--)/2,
+    K_[2] = (K++ + K-- - 2K+-)/4 (5.17)-(5.19). Raises ValueError for a wrong shape.
+    """
+    M = np.asarray(M, dtype=float)
+    if M.ndim < 2 or M.shape[-2:] != (2, 2):
+        raise ValueError(f"M must have shape (..., 2, 2), got {M.shape}")
+    num = np.einsum("...ab,kba->...k", M, _GAMMA)
+    return num / np.einsum("kab,kba->k", _GAMMA, _GAMMA)
+
+
+def gamma_compose(k) -> np.ndarray:
+    """The 2x2 matrix sum_a k_[a] gamma^[a] (5.15); k (..., 3) -> (..., 2, 2). Inverse of
+    :func:`gamma_project`. Raises ValueError for a wrong shape."""
+    k = np.asarray(k, dtype=float)
+    if k.ndim < 1 or k.shape[-1] != 3:
+        raise ValueError(f"k must have shape (..., 3), got {k.shape}")
+    return np.einsum("...k,kab->...ab", k, _GAMMA)
+
+
+def delta_initial(x0, dx, C_b, C_W):
+    """First-layer delta data for the inputs x_pm = x0 +- dx/2 (5.21), from (5.2):
+    (K00, dK1, ddK2) = (C_b + C_W |x0|^2/n0, C_W x0.dx/n0, C_W |dx|^2/(4 n0)); the first-layer
+    ddK_[0] is exactly 0. x0, dx: (n0,). Raises ValueError for shapes or bad hyperparameters."""
+    x0, dx = np.asarray(x0, dtype=float), np.asarray(dx, dtype=float)
+    if x0.ndim != 1 or x0.shape != dx.shape or x0.size == 0:
+        raise ValueError(f"x0 and dx must be vectors of the same length n0, got {x0.shape}, {dx.shape}")
+    C_b, C_W, n0 = _Cb(C_b), _CW(C_W), x0.size
+    return C_b + C_W * (x0 @ x0) / n0, C_W * (x0 @ dx) / n0, C_W * (dx @ dx) / (4 * n0)
+
+
+def delta_recursions(act, C_b, C_W, K00_1, dK1_1, ddK2_1, L, method="auto", deg=DEG):
+    """Bootstrapped recursions of the delta expansion (5.46)-(5.48):
+      K00(l+1)  = C_b + C_W g(K00(l)),  dK1(l+1) = chi_par(K00(l)) dK1(l),
+      ddK2(l+1) = chi_perp(K00(l)) ddK2(l) + h(K00(l)) dK1(l)^2,
+    from the first-layer values (see :func:`delta_initial`). Returns an array (L+1, 3) of
+    (K00, dK1, ddK2) indexed by layer (row 0 is nan). The exact two-input kernel agrees up to
+    relative O(delta^2): K_[1] = dK1 + O(delta^3), K_[2] = ddK2 + O(delta^4), K_[0] = K00 + O(delta^2).
+    Raises ValueError for bad input (K00_1 <= 0, L < 1, ...); warns (inf/nan) on divergence.
+    """
+    act, C_b, C_W, L = _act(act), _Cb(C_b), _CW(C_W), _layers(L)
+    k00 = float(_kernel(K00_1, "K00_1", positive=True))
+    out = np.full((L + 1, 3), np.nan)
+    out[1] = k00, float(dK1_1), float(ddK2_1)
+    loc = _Local(act, ["ss", "xss1", "s1s1", "hd"], method, deg)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for l in range(1, L):
+            k, d1, d2 = out[l]
+            if not (np.isfinite(k) and k < 1e300):
+                _diverged("delta_recursions", l, (out,), (np.inf,))
+                break
+            m = loc(k)
+            chi_p = C_W * m["xss1"] / math.sqrt(k)
+            out[l + 1] = (C_b + C_W * m["ss"], chi_p * d1, C_W * m["s1s1"] * d2
+                          + C_W * m["hd"] / (4 * k) * d1 * d1)
+    return out
+
+
+def delta_expectation(F0, Fm, Fp, Fmm, K00, dK1, ddK0, ddK2, method="auto", deg=DEG):
+    """Two-input Gaussian expectation <F(z+, z-)>_K to O(delta^2) by single-input integrals (5.39):
+      <F> = <F0> + dK1/(2K00) <z Fm> + ddK0/(2K00) <z Fp>
+            + 1/2 < [ddK2 + (dK1/(2K00))^2 (z^2 - K00)] Fmm >,   all at variance K00,
+    with F0(z) = F(z, z), Fm = (d+ - d-)F, Fp = (d+ + d-)F, Fmm = (d+ - d-)^2 F at z+ = z- = z
+    (callables on numpy arrays of z). K = gamma_compose(K00 + ddK0, dK1, ddK2). method 'auto'/'gh'/
+    'trapezoid' (fixed nodes; 'auto' = trapezoid) or 'quad'. Returns a float.
+    Raises ValueError for K00 <= 0 or a bad method.
+    """
+    K00 = float(_kernel(K00, "K00", positive=True))
+    method, deg = _method(method, deg)
+    e = dK1 / (2 * K00)
+
+    def fun(z):
+        return (F0(z) + e * z * Fm(z) + ddK0 / (2 * K00) * z * Fp(z)
+                + 0.5 * (ddK2 + e * e * (z * z - K00)) * Fmm(z))
+
+    if method == "quad":
+        sk = math.sqrt(K00)
+        return float(_quad1(lambda x: float(np.asarray(fun(np.array([sk * x])))[0]))[0])
+    rule = "hermite" if method == "gh" else "trapezoid"
+    return float(gaussian_expectation(lambda z: fun(z[..., 0]), np.array([[K00]]), deg=deg, rule=rule))
+
+
+# ----------------------------------------------------------------------------- finite angle (5.5)
+def _si(a_plus, a_minus):
+    ap, am = float(a_plus), float(a_minus)
+    return ap, am, (ap * ap + am * am) / 2
+
+
+def _psi(psi, name="psi"):
+    psi = np.asarray(psi, dtype=float)
+    if np.any(~np.isfinite(psi)) or np.any(psi < 0) or np.any(psi > np.pi):
+        raise ValueError(f"{name} must lie in [0, pi]")
+    return psi
+
+
+def _s_minus_pc(psi):
+    """sin psi - psi cos psi, accurate also for small psi (series psi^3/3 - psi^5/30 + ...)."""
+    p2 = psi * psi
+    series = psi * p2 * (1 / 3 - p2 / 30 + p2 * p2 / 840 - p2**3 / 45360)
+    return np.where(psi < 0.1, series, np.sin(psi) - psi * np.cos(psi))
+
+
+def scale_invariant_two_input(Kd, psi, a_plus=1.0, a_minus=0.0):
+    """Closed forms for two inputs of equal norm, K = Kd [[1, cos psi], [cos psi, 1]] (5.146):
+      <sigma(z+) sigma(z-)> = Kd (a+ - a-)^2 (sin psi - psi cos psi)/(2 pi) + A2 Kd cos psi   (5.159)
+      <sigma'(z+) sigma'(z-)> = A2 - psi (a+ - a-)^2/(2 pi)                                  (5.161)
+    (ReLU: Kd (sin psi + (pi - psi) cos psi)/(2 pi) (5.158)). Kd >= 0, psi in [0, pi], broadcast.
+    Returns (ss, s1s1). Raises ValueError for bad Kd or psi."""
+    Kd, psi = _kernel(Kd, "Kd"), _psi(psi)
+    ap, am, A2 = _si(a_plus, a_minus)
+    d2 = (ap - am) ** 2
+    return (_out(Kd * d2 * _s_minus_pc(psi) / (2 * np.pi) + A2 * Kd * np.cos(psi)),
+            _out(A2 - psi * d2 / (2 * np.pi) + 0 * Kd))
+
+
+def _arccos1m(u):
+    """psi from u = 1 - cos psi, accurate near 0 (2 arcsin sqrt(u/2)) and near pi."""
+    u = np.clip(u, 0.0, 2.0)
+    return np.where(u < 1, 2 * np.arcsin(np.sqrt(u / 2)), np.arccos(1 - u))
+
+
+def scale_invariant_step(Kd, psi, a_plus=1.0, a_minus=0.0, C_b=0.0, C_W=None):
+    """One layer of the non-perturbative two-input recursion of the scale-invariant class:
+    Kd' = C_b + C_W A2 Kd (5.147) and Kd' cos psi' = C_b + C_W <sigma(z+) sigma(z-)> (5.160).
+    C_W defaults to the critical 1/A2. Kd > 0, psi in [0, pi] (arrays broadcast). Returns (Kd', psi').
+    Raises ValueError for bad input."""
+    Kd, psi = _kernel(Kd, "Kd", positive=True), _psi(psi)
+    ap, am, A2 = _si(a_plus, a_minus)
+    C_b = _Cb(C_b)
+    C_W = 1 / A2 if C_W is None else _CW(C_W)
+    Kn = C_b + C_W * A2 * Kd
+    # 1 - cos psi' = (Kn - C_b - C_W <sigma sigma>)/Kn with (5.159), free of cancellation at small psi
+    u = C_W * Kd * (A2 * 2 * np.sin(psi / 2) ** 2 - (ap - am) ** 2 * _s_minus_pc(psi) / (2 * np.pi)) / Kn
+    return _out(Kn), _out(_arccos1m(u))
+
+
+def angle_recursion(rho, psi1, L):
+    """Polar angle at scale-invariant criticality, cos psi(l+1) = cos psi(l) + rho [sin psi(l) -
+    psi(l) cos psi(l)] (5.162), iterated as 1 - cos psi (no cancellation at small psi).
+    rho >= 0 (1/pi for ReLU, (5.163)); psi1: angle(s) at layer 1 in [0, pi] (array -> batched).
+    Returns (L+1,) + psi1.shape indexed by layer (row 0 nan). Raises ValueError for bad input."""
+    rho, L = float(rho), _layers(L)
+    if not (np.isfinite(rho) and 0 <= rho <= 2 / np.pi + 1e-15):
+        raise ValueError(f"rho must lie in [0, 2/pi] (5.163; 1/pi for ReLU, 2/pi for |z|), got {rho}")
+    psi1 = _psi(psi1, "psi1")
+    out = np.full((L + 1,) + psi1.shape, np.nan)
+    out[1] = psi1
+    for l in range(1, L):
+        p = out[l]
+        out[l + 1] = _arccos1m(2 * np.sin(p / 2) ** 2 - rho * _s_minus_pc(p))
+    return out
+
+
+def angle_asymptotics(rho, ell):
+    """Small-angle large-depth solution at scale-invariant criticality:
+    psi = 3/(rho l) (5.166); with the log correction derived from psi' = psi - rho psi^2/3 -
+    rho^2 psi^3/18: psi = 3/(rho l) [1 - (3/2) log(l)/l + O(1/l)]; K_[2]/Kd = (1 - cos psi)/2
+    = 9/(4 rho^2 l^2) (5.168). Returns dict psi, psi_log, K2_over_Kd (arrays of ell's shape).
+    Raises ValueError for rho <= 0 or ell < 1."""
+    rho = float(rho)
+    if not rho > 0:
+        raise ValueError("rho must be > 0 (rho = 0 is the linear activation: psi is constant)")
+    ell = np.asarray(ell, dtype=float)
+    if np.any(ell < 1):
+        raise ValueError("ell must be >= 1")
+    psi = 3 / (rho * ell)
+    return {"psi": _out(psi), "psi_log": _out(psi * (1 - 1.5 * np.log(ell) / ell)),
+            "K2_over_Kd": _out(9 / (4 * rho**2 * ell**2))}
+
+
+def small_angle_step(psi, rho):
+    """Linearized angle recursion psi' = psi - rho psi^2/3 (5.164)."""
+    psi = np.asarray(psi, dtype=float)
+    return _out(psi - rho * psi * psi / 3)
+
+
+def ddK2_step(ddK2, Kd, rho):
+    """Small-angle perpendicular recursion ddK2' = ddK2 - (4 rho/(3 sqrt Kd)) ddK2^(3/2) (5.171),
+    the non-analytic correction that the delta expansion misses. ddK2 >= 0, Kd > 0."""
+    ddK2, Kd = _kernel(ddK2, "ddK2"), _kernel(Kd, "Kd", positive=True)
+    return _out(ddK2 - 4 * rho / (3 * np.sqrt(Kd)) * ddK2**1.5)
+
+
+def crossover_depth(rho, psi1=None, K0=None, K2=None):
+    """Crossover depth from constant to ~1/l^2 decay of K_[2] (5.169): l_cross = 3/(rho psi1), or
+    (3/(2 rho)) sqrt(K_[0]/K_[2]) at layer 1 when psi1 is not given. Raises ValueError otherwise."""
+    rho = float(rho)
+    if not rho > 0:
+        raise ValueError("rho must be > 0")
+    if psi1 is not None:
+        return _out(3 / (rho * _psi(psi1, "psi1")))
+    if K0 is None or K2 is None:
+        raise ValueError("give psi1, or both K0 = K_[0] and K2 = K_[2] at layer 1")
+    return _out(1.5 / rho * np.sqrt(_kernel(K0, "K0") / _kernel(K2, "K2", positive=True)))

@@ -47,7 +47,9 @@ from .gaussian import gaussian_expectation
 from .networks import MLP
 
 __all__ = ["Flow", "first_layer_metric", "gaussian_tensors", "kernel_step", "vertex_step",
-           "nlo_metric_step", "preactivation_flow", "kernel_fn"]
+           "nlo_metric_step", "preactivation_flow", "kernel_fn", "raise_vertex", "quartic_coupling",
+           "quadratic_coupling_nlo", "quartic_two_point", "quartic_connected_four_point",
+           "running_coupling"]
 
 DEG = 96                     # grid nodes per axis on 1-2 sample blocks (3 samples: /2, 4: /3)
 _NODES = 1 << 20             # blocks x nodes per batched quadrature call (bounds memory)
@@ -505,3 +507,82 @@ def kernel_fn(net: MLP, X1, X2=None, layers=None, *, deg: int = DEG):
             cb, cw = net.C_b[l], net.C_W[l]
             K12, kd = cb + cw * _s2(act, kd, ia, ib, K12, deg), cb + cw * _s2(act, kd, dg, dg, kd, deg)
     return out[max(want)] if single else out
+
+
+# ----------------------------------------------------------------------------- effective action (§4.2-4.5)
+def _positive_width(n, name):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name} must be a positive integer (a number of neurons), got {n!r}")
+    return int(n)
+
+
+def raise_vertex(K, V):
+    """V^(a1 a2)(a3 a4) = sum_b K^{a1 b1} K^{a2 b2} K^{a3 b3} K^{a4 b4} V_(b1 b2)(b3 b4), eq. (4.83),
+    (4.120), with K^{ab} the inverse of the kernel (leading order). K (N, N) positive definite,
+    V (N,)*4 -> (N,)*4. Raises ValueError for a singular K or bad shapes."""
+    K = _kernel(K)
+    V = _tensor(V, K.shape[0], 4, "V")
+    if np.linalg.eigvalsh(K).min() <= 1e-12 * np.abs(K).max():
+        raise ValueError("K must be positive definite to raise indices")
+    Ki = np.linalg.inv(K)
+    return np.einsum("ae,bf,cg,dh,efgh->abcd", Ki, Ki, Ki, Ki, V)
+
+
+def quartic_coupling(K, V, n_prev):
+    """The quartic coupling of the layer-l action, v = V^(..)(..) / n_{l-1} + O(1/n^2), eq. (4.82):
+    the action is S = 1/2 sum_i g^{ab} z_ia z_ib - 1/8 sum_{ij} v^{(ab)(cd)} z_ia z_ib z_jc z_jd
+    (4.80). K (N, N), V (N,)*4 (lower indices), n_prev = n_{l-1} -> (N,)*4 (upper indices)."""
+    return raise_vertex(K, V) / _positive_width(n_prev, "n_prev")
+
+
+def quadratic_coupling_nlo(K, G1, V, n_l, n_prev):
+    """The quadratic coupling g^{ab} of the layer-l action to order 1/n, eq. (4.109):
+
+        g^{b1 b2} = K^{b1 b2} + 1/n_{l-1} sum_{b3 b4} [ -K^{b1 b3} K^{b2 b4} G^{1}_{b3 b4}
+                    + K_{b3 b4} (n_l/2 V^{(b1 b2)(b3 b4)} + V^{(b1 b3)(b2 b4)}) ]
+
+    (V raised with K^{-1}; n_l neurons in the action). Returns (N, N). Raises ValueError for bad
+    shapes, a singular K or non-positive widths."""
+    K = _kernel(K)
+    N = K.shape[0]
+    G1, Vu = _tensor(G1, N, 2, "G1"), raise_vertex(K, V)
+    n_l, n_prev = _positive_width(n_l, "n_l"), _positive_width(n_prev, "n_prev")
+    Ki = np.linalg.inv(K)
+    corr = (-Ki @ G1 @ Ki + n_l / 2 * np.einsum("abcd,cd->ab", Vu, K)
+            + np.einsum("acbd,cd->ab", Vu, K))
+    return Ki + corr / n_prev
+
+
+def quartic_two_point(g, v, n):
+    """Two-point function of the quartic action (4.80) with n neurons, to first order in v, eq. (4.47):
+
+        E[z_{i a1} z_{j a2}] = delta_ij G_{a1 a2},  G = g + 1/2 sum v^{(b1 b2)(b3 b4)}
+                               (n g_{a1 b1} g_{a2 b2} g_{b3 b4} + 2 g_{a1 b1} g_{a2 b3} g_{b2 b4})
+
+    g (N, N): the covariance of the quadratic part (lower indices, the inverse of g^{ab});
+    v (N,)*4: quartic coupling (upper indices); n: number of neurons in the action. Returns (N, N)."""
+    g = _kernel(g, "g")
+    v, n = _tensor(v, g.shape[0], 4, "v"), _positive_width(n, "n")
+    return g + 0.5 * (n * np.einsum("bcde,ab,fc,de->af", v, g, g, g)
+                      + 2 * np.einsum("bcde,ab,fd,ce->af", v, g, g, g))
+
+
+def quartic_connected_four_point(g, v):
+    """Coefficient of delta_{i1 i2} delta_{i3 i4} in the connected four-point function of the quartic
+    action (4.80), first order in v, eq. (4.48): sum v^{(b1 b2)(b3 b4)} g_{a1 b1} g_{a2 b2} g_{a3 b3}
+    g_{a4 b4}. The other two neuron pairings follow by permuting the sample indices. Returns (N,)*4."""
+    g = _kernel(g, "g")
+    v = _tensor(v, g.shape[0], 4, "v")
+    return np.einsum("efgh,ae,bf,cg,dh->abcd", v, g, g, g, g)
+
+
+def running_coupling(G, V, n_prev, m):
+    """Single input: the quadratic coupling of the action that keeps only m of the n_l neurons,
+    1/g_m = G - (m + 2)/2 * V / (n_{l-1} G), eqs. (4.100)-(4.103) (marginalization rule: the
+    two-point function G does not depend on m; the coupling does). G > 0, V (single-input vertex),
+    n_prev = n_{l-1}, m >= 1 neurons. Returns g_m = 1/(that). Raises ValueError for bad input."""
+    G, V = float(G), float(V)
+    if not np.isfinite(G) or G <= 0 or not np.isfinite(V):
+        raise ValueError(f"need a finite G > 0 and a finite V, got G={G}, V={V}")
+    m, n_prev = _positive_width(m, "m"), _positive_width(n_prev, "n_prev")
+    return 1.0 / (G - (m + 2) / 2 * V / (n_prev * G))

@@ -396,3 +396,83 @@ def test_nlo_metric_monte_carlo(act, C_b, C_W, M):
         assert np.abs(np.diag(fl.G1[4])).max() < 1e-13
         wrong = np.zeros((3, 3))
     assert np.max(np.abs(X[8][0] - wrong) / X[8][1]) > 8
+
+
+# ----------------------------------------------------------------------------- effective action (§4.2-4.5)
+def _composite_action(g, v, n):
+    """Covariance and quartic coupling of the action (4.80) on the composite index (i, a), in the
+    1/4! convention of dlt.gaussian: Delta S = -1/8 sum_ij v^(ab)(cd) z_ia z_ib z_jc z_jd."""
+    from dlt.gaussian import symmetrize
+    N = g.shape[0]
+    eye = np.eye(n)
+    T = -np.einsum("abcd,ij,kl->iajbkcld", v, eye, eye) / 8  # indices (i a)(j b)(k c)(l d)
+    T = T.reshape((n * N,) * 4)
+    return np.kron(eye, g), 24 * symmetrize(T)
+
+
+def test_quartic_action_moments_against_generic_first_order():
+    """(4.47), (4.48) against the generic first-order rule (1.74)-(1.75) evaluated with Wick's theorem
+    on the composite (neuron, sample) index: an independent route to the same moments."""
+    from dlt.gaussian import first_order_expectation
+    from dlt.kernels import quartic_connected_four_point, quartic_two_point
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(2, 2))
+    g = A @ A.T + np.eye(2)
+    v = rng.normal(size=(2,) * 4)
+    v = (v + v.transpose(1, 0, 2, 3) + v.transpose(0, 1, 3, 2) + v.transpose(1, 0, 3, 2))
+    v = (v + v.transpose(2, 3, 0, 1)) / 8       # the symmetries of v^(ab)(cd)
+    n = 2
+    Kc, s = _composite_action(g, v, n)
+    eps = 1e-3                                   # first order is linear in v: compare slopes
+    G = quartic_two_point(g, eps * v, n)
+    C4 = quartic_connected_four_point(g, eps * v)
+    for a1 in range(2):
+        for a2 in range(2):
+            exact = first_order_expectation((a1, a2), Kc, {4: eps * s})       # neuron 0, samples a1, a2
+            assert np.isclose(exact, G[a1, a2], rtol=1e-12, atol=1e-15)
+    # connected four-point of neurons (0, 0, 1, 1): only the delta_{i1 i2} delta_{i3 i4} pairing
+    idx = lambda i, a: i * 2 + a
+    for a in np.ndindex(2, 2, 2, 2):
+        e4 = first_order_expectation((idx(0, a[0]), idx(0, a[1]), idx(1, a[2]), idx(1, a[3])), Kc,
+                                     {4: eps * s})
+        e2 = [first_order_expectation((idx(i, x), idx(i, y)), Kc, {4: eps * s})
+              for i, (x, y) in ((0, a[:2]), (1, a[2:]))]
+        d2 = [e2[0] - g[a[0], a[1]], e2[1] - g[a[2], a[3]]]
+        connected = e4 - e2[0] * e2[1] + d2[0] * d2[1]   # drop the eps^2 term of the product
+        assert np.isclose(connected, C4[a], rtol=1e-10, atol=1e-15)
+
+
+def test_couplings_invert_the_two_point_function():
+    """(4.109) with (4.82): the action's couplings reproduce G = K + G1/n_{l-1} through (4.47)."""
+    from dlt.kernels import quadratic_coupling_nlo, quartic_coupling, quartic_two_point
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(3, 3))
+    K = A @ A.T + np.eye(3)
+    B = rng.normal(size=(6, 6))
+    Vm = B @ B.T                                 # a PSD "matrix over pairs" -> symmetric vertex
+    V = np.zeros((3,) * 4)
+    pairs = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+    for p, (a, b) in enumerate(pairs):
+        for q, (c, d) in enumerate(pairs):
+            for x, y in ((a, b), (b, a)):
+                for u, w in ((c, d), (d, c)):
+                    V[x, y, u, w] = Vm[p, q]
+    G1 = rng.normal(size=(3, 3))
+    G1 = G1 + G1.T
+    n_l, n_prev = 7, 10 ** 8                     # the neglected O(1/n^2) terms leave ~(n_l V)^2/n_prev
+    g_up = quadratic_coupling_nlo(K, G1, V, n_l, n_prev)
+    G = quartic_two_point(np.linalg.inv(g_up), quartic_coupling(K, V, n_prev), n_l)
+    assert np.allclose(n_prev * (G - K), G1, rtol=0, atol=1e-4 * np.abs(G1).max())
+
+
+def test_running_coupling_matches_two_point_function():
+    from dlt.kernels import quartic_two_point, running_coupling
+    G, V, n_prev = 1.3, 0.7, 10 ** 5
+    for m in (1, 2, 10):
+        gm = running_coupling(G, V, n_prev, m)
+        v = np.full((1,) * 4, V / (n_prev * G ** 4))
+        assert np.isclose(quartic_two_point(np.array([[1 / gm]]), v, m)[0, 0], G, rtol=1e-9)
+    with pytest.raises(ValueError):
+        running_coupling(-1.0, 0.1, 10, 2)
+    with pytest.raises(ValueError):
+        running_coupling(1.0, 0.1, 10, 0)

@@ -105,3 +105,18 @@ def test_bad_input():
         ensemble(net, np.ones((4, 2)), 10, seed="a")
     with pytest.raises(ValueError):
         forward(net, init_params(net, jax.random.PRNGKey(0)), jnp.ones((4, 3)))
+
+
+def test_ensemble_by_metric_has_the_law_of_real_networks():
+    """Same joint law as real weight matrices: compare per-network statistics at layers 2 and 3."""
+    from dlt.networks import ensemble_by_metric
+    X = np.array([[1.0, 0.2, -0.4], [-0.3, 0.8, 0.5]])
+    net = MLP((3, 6, 5, 4), "tanh", C_b=0.1, C_W=1.8)
+    a = ensemble(net, X, 60_000, seed=1)
+    b = ensemble_by_metric(net, X, 60_000, seed=2)
+    for l in (2, 3):
+        for stat in (lambda z: np.einsum("sai,sbi->sab", z, z) / z.shape[-1],   # metric estimate
+                     lambda z: (z[:, 0] ** 2).mean(1) * (z[:, 1] ** 2).mean(1)):   # a fourth moment
+            (ma, sa), (mb, sb) = mean_se(stat(a[l])), mean_se(stat(b[l]))
+            assert np.all(np.abs(ma - mb) < 4 * np.sqrt(sa**2 + sb**2)), (l, ma, mb)
+    assert b[3].shape == (60_000, 2, 4)

@@ -55,9 +55,9 @@ class Activation:
     kink (the perceptron's and ReLU's delta functions at 0 are not represented).
     """
     name: str
-    f: Callable = field(repr=False)
-    df: Callable = field(repr=False)
-    ddf: Callable = field(repr=False)
+    f: Callable = field(repr=False, compare=False)   # equality and hashing go by name and params,
+    df: Callable = field(repr=False, compare=False)  # so equal descriptions share JAX compilations
+    ddf: Callable = field(repr=False, compare=False)
     params: tuple = ()
     a_plus: float | None = None
     a_minus: float | None = None
@@ -215,7 +215,7 @@ def _from_callable(fn, name):
             return np.asarray(fast(jnp.asarray(z, dtype=jnp.float64)))
         return h
 
-    return Activation(name, wrap(fn), wrap(d1), wrap(d2))
+    return Activation(name, wrap(fn), wrap(d1), wrap(d2), (("fn", fn),))
 
 
 def get_activation(activation, **params) -> Activation:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -174,7 +175,11 @@ def empirical_ntk(net: MLP, params: dict, X):
     for the output z = z^(L). ``X``: (N_D, n_0). Returns an array of shape (n_L, n_L, N_D, N_D)
     in the book's index order H[i1, i2, a1, a2]. Memory grows like N_D n_L P: meant for single
     networks of moderate size (the statistics of the NTK come from the recursions of ch. 8)."""
-    X = jnp.asarray(_check_inputs(net, X))
+    return _ntk(net, params, jnp.asarray(_check_inputs(net, X)))
+
+
+@partial(jax.jit, static_argnums=0)   # compiled once per network description and input shape
+def _ntk(net: MLP, params: dict, X):
     jac = jax.jacrev(lambda p: forward(net, p, X)[net.L])(params)  # leaves (N_D, n_L, *shape)
     H = 0.0
     for l in range(1, net.L + 1):

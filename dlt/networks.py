@@ -197,6 +197,17 @@ def _rng(seed):
     raise TypeError(f"seed must be an int or a numpy Generator, got {type(seed)}")
 
 
+def _ensemble_args(net, X, n_ens, seed, layers):
+    """Validated (X, sorted layer tuple, Generator) for the two ensemble samplers."""
+    X = np.asarray(_check_inputs(net, X))
+    if isinstance(n_ens, bool) or not isinstance(n_ens, (int, np.integer)) or n_ens < 1:
+        raise ValueError(f"n_ens must be a positive integer, got {n_ens!r}")
+    layers = tuple(range(1, net.L + 1)) if layers is None else tuple(sorted({int(l) for l in layers}))
+    if not layers or layers[0] < 1 or layers[-1] > net.L:
+        raise ValueError(f"layers must lie in 1..L={net.L}, got {layers}")
+    return X, layers, _rng(seed)
+
+
 def ensemble(net: MLP, X, n_ens: int, seed, layers=None, chunk: int | None = None,
              progress="auto") -> dict:
     """Preactivations of ``n_ens`` independently initialized real networks on the inputs ``X``.
@@ -213,13 +224,7 @@ def ensemble(net: MLP, X, n_ens: int, seed, layers=None, chunk: int | None = Non
     Returns ``{l: array (n_ens, N_D, n_l)}`` keyed by the book's layer index. Raises ``ValueError``
     for bad shapes, ``n_ens`` < 1 or layers out of range.
     """
-    X = np.asarray(_check_inputs(net, X))
-    if isinstance(n_ens, bool) or not isinstance(n_ens, (int, np.integer)) or n_ens < 1:
-        raise ValueError(f"n_ens must be a positive integer, got {n_ens!r}")
-    layers = tuple(range(1, net.L + 1)) if layers is None else tuple(sorted({int(l) for l in layers}))
-    if not layers or layers[0] < 1 or layers[-1] > net.L:
-        raise ValueError(f"layers must lie in 1..L={net.L}, got {layers}")
-    rng = _rng(seed)
+    X, layers, rng = _ensemble_args(net, X, n_ens, seed, layers)
     ws, ND = net.widths, X.shape[0]
     if chunk is None:
         per_net = max(ws[l] * (ws[l - 1] + 1 + ND) for l in range(1, layers[-1] + 1))
@@ -266,13 +271,7 @@ def ensemble_by_metric(net: MLP, X, n_ens: int, seed, layers=None, chunk: int | 
     Same arguments and return value as :func:`ensemble` (``{l: (n_ens, N_D, n_l)}``). Raises
     ``ValueError`` for bad shapes, ``n_ens`` < 1 or layers out of range.
     """
-    X = np.asarray(_check_inputs(net, X))
-    if isinstance(n_ens, bool) or not isinstance(n_ens, (int, np.integer)) or n_ens < 1:
-        raise ValueError(f"n_ens must be a positive integer, got {n_ens!r}")
-    layers = tuple(range(1, net.L + 1)) if layers is None else tuple(sorted({int(l) for l in layers}))
-    if not layers or layers[0] < 1 or layers[-1] > net.L:
-        raise ValueError(f"layers must lie in 1..L={net.L}, got {layers}")
-    rng = _rng(seed)
+    X, layers, rng = _ensemble_args(net, X, n_ens, seed, layers)
     ws, ND = net.widths, X.shape[0]
     chunk = int(chunk or max(1, min(n_ens, 4_000_000 // (max(ws[1:]) * ND * ND))))
     out = {l: np.empty((n_ens, ND, ws[l])) for l in layers}

@@ -34,6 +34,7 @@ import numpy as np
 from .activations import Activation, get_activation
 
 __all__ = ["MLP", "num_params", "init_params", "forward", "empirical_ntk", "ensemble", "ensemble_by_metric",
+           "stochastic_metric",
            "check_widths", "per_layer"]
 
 
@@ -197,6 +198,23 @@ def _rng(seed):
     raise TypeError(f"seed must be an int or a numpy Generator, got {type(seed)}")
 
 
+def stochastic_metric(net: MLP, z_prev, l: int):
+    """The stochastic metric of layer l, book eq. (4.70), from the preactivations of layer l-1:
+
+        G_hat^(l)_ab = C_b^(l) + C_W^(l) / n_{l-1}  sum_j sigma(z^(l-1)_{j;a}) sigma(z^(l-1)_{j;b}).
+
+    Given layer l-1, the preactivations of layer l are exactly N(0, G_hat^(l)) for every neuron (4.69),
+    so estimators built on G_hat integrate the last layer out analytically. ``z_prev``:
+    (..., N_D, n_{l-1}) (e.g. an ensemble ``z[l-1]``), l in 2..L. Returns (..., N_D, N_D)."""
+    if not 2 <= int(l) <= net.L:
+        raise ValueError(f"l must lie in 2..L={net.L} (layer 1 has the deterministic metric (4.8))")
+    z_prev = np.asarray(z_prev, dtype=float)
+    if z_prev.ndim < 2 or z_prev.shape[-1] != net.widths[l - 1]:
+        raise ValueError(f"z_prev must have shape (..., N_D, n_{l - 1}={net.widths[l - 1]}), got {z_prev.shape}")
+    h = net.activation.f(z_prev)
+    return net.C_b[l - 1] + net.C_W[l - 1] * (h @ np.swapaxes(h, -1, -2)) / net.widths[l - 1]
+
+
 def _ensemble_args(net, X, n_ens, seed, layers):
     """Validated (X, sorted layer tuple, Generator) for the two ensemble samplers."""
     X = np.asarray(_check_inputs(net, X))
@@ -286,6 +304,5 @@ def ensemble_by_metric(net: MLP, X, n_ens: int, seed, layers=None, chunk: int | 
             if l in out:
                 out[l][start:start + B] = z
             if l < layers[-1]:
-                h = net.activation.f(z)
-                G = net.C_b[l] + net.C_W[l] * (h @ h.transpose(0, 2, 1)) / ws[l]
+                G = stochastic_metric(net, z, l + 1)
     return out

@@ -120,3 +120,16 @@ def test_ensemble_by_metric_has_the_law_of_real_networks():
             (ma, sa), (mb, sb) = mean_se(stat(a[l])), mean_se(stat(b[l]))
             assert np.all(np.abs(ma - mb) < 4 * np.sqrt(sa**2 + sb**2)), (l, ma, mb)
     assert b[3].shape == (60_000, 2, 4)
+
+
+def test_stochastic_metric_by_hand_and_bad_input():
+    from dlt.networks import stochastic_metric
+    net = MLP((2, 3, 4), "tanh", C_b=[0.1, 0.3], C_W=[1.0, 1.7])
+    z = np.random.default_rng(0).normal(size=(5, 2, 3))
+    G = stochastic_metric(net, z, 2)
+    s = np.tanh(z)
+    assert np.allclose(G, 0.3 + 1.7 / 3 * np.einsum("mai,mbi->mab", s, s), rtol=1e-14)
+    with pytest.raises(ValueError):
+        stochastic_metric(net, z, 1)
+    with pytest.raises(ValueError):
+        stochastic_metric(net, z[..., :2], 2)

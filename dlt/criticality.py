@@ -45,7 +45,7 @@ import scipy.integrate as si
 from scipy.optimize import brentq
 
 from .activations import Activation, gauss_expect, get_activation
-from .gaussian import _gh_grid, gaussian_expectation
+from .gaussian import gaussian_expectation, quadrature_nodes
 
 __all__ = [
     "METHODS", "DEG", "CLASSES", "taylor_coefficients",
@@ -293,7 +293,7 @@ class _Local:
         self.method, deg = _method(method, deg)
         self.closed = method == "auto" and _closed_moments(act, np.ones(1), names) is not None
         if not self.closed and method != "quad":
-            u, w = _gh_grid(1, deg, _rule(act, method))
+            u, w = quadrature_nodes(1, deg, _rule(act, method))
             self.x, self.w = u[:, 0], w
 
     def __call__(self, K):
@@ -735,9 +735,10 @@ def single_input_flow(act, C_b, C_W, K1, L, c_b1=0.0, c_W1=0.0, method="auto", d
       G1(l+1) = c_b1 + c_W1 g(K(l)) + chi_par(K(l)) G1(l) + j(K(l))/8 V(l)/K(l)^2
     with V(1) = G1(1) = 0; E[z_i z_i] = K + G1/n + O(1/n^2), connected E[z_i^2 z_j^2] = V/n (i != j).
     Why a second code path beside dlt.kernels.preactivation_flow (whose N_D = 1 case is the same
-    recursion): chapter 5 is *about* these compact variables (chi_par, j), it needs the 1/n-retuned
-    hyperparameters, and its asymptotics iterate 10^4-10^5 layers, which the general block-tensor
-    engine does ~25x slower. tests/test_criticality.py checks the two agree to ~1e-11.
+    recursion): chapter 5 is *about* these compact variables (chi_par, j); this form takes the
+    1/n-retuned hyperparameters (c_b1, c_W1) and the quadrature switch (method='quad' for 8-digit
+    constants), and iterates 10^4-10^5 layers about twice as fast. tests/test_criticality.py checks
+    the two agree to ~1e-11.
     K1: first-layer kernel C_b + C_W |x|^2/n_0 (> 0). Returns dict K, V, G1 of arrays (L+1,) indexed
     by layer (entry 0 is nan). About 10-30 us per layer for registry activations (10^4 layers in
     0.1-0.3 s); a user-defined (JAX) activation costs ~0.3 ms per layer. Accuracy of the default

@@ -203,8 +203,13 @@ def wick_tensor(K, M):
 
 
 # ----------------------------------------------------------------------------- quadrature
-@lru_cache(maxsize=8)
-def _gh_grid(N, deg, rule="hermite"):
+@lru_cache(maxsize=64)
+def quadrature_nodes(N, deg, rule="hermite"):
+    """Tensor-product nodes u (deg^N, N) and weights (deg^N,) for the standard normal in N dimensions.
+
+    rule="hermite": probabilists' Gauss-Hermite; rule="trapezoid": trapezoid on [-R, R], R = 2.1
+    deg^(1/3) (see :func:`gaussian_expectation`). Cached and read-only; shared by the fast paths of
+    dlt.kernels and dlt.criticality so that every module integrates on the same nodes."""
     if rule == "hermite":
         x, w = hermegauss(deg)
         w = w / np.sqrt(2 * np.pi)
@@ -240,7 +245,7 @@ def gaussian_expectation(f, K, mean=None, deg=40, rule="hermite"):
     if not 1 <= (N := K.shape[-1]) <= 4:
         raise ValueError(f"gaussian_expectation supports N = 1..4 dimensions, got N = {N}")
     deg = _int(deg, "deg", 1 if rule == "hermite" else 2)
-    u, w = _gh_grid(N, deg, rule)
+    u, w = quadrature_nodes(N, deg, rule)
     z = u @ np.swapaxes(U * np.sqrt(lam)[..., None, :], -1, -2)  # (..., P, N)
     if mean is not None:
         mean = np.asarray(mean, dtype=float)

@@ -19,17 +19,45 @@ cumulant). H and Q are computed in "z-form" on the 1x1 or 2x2 block B of K with 
 block, w = B^{-1} z: H = <s s (w_g w_d - B^gd)>, Q = <s s He4(w; B^{-1})>, which needs no derivative of
 sigma and works for kinked sigma. Entries of V involve at most four samples, of G^{1} at most two.
 
-Gaussian integrals, vectorized over blocks:
+Gaussian integrals, vectorized over blocks; deg = DEG = 96 by default. Rules: Gauss-Hermite for
+sin, polynomials and user-defined sigma; the trapezoid rule of dlt.gaussian for tanh, sigmoid,
+softplus, swish (poles near the real axis: Gauss-Hermite converges only like exp(-c sqrt(deg))) and
+for gelu, erf (entire, but growing like exp(y^2) off the axis: Gauss-Hermite degrades once
+K >~ 2). On sigma(a u) the trapezoid rule of spacing h errs by ~exp(-2 pi delta / (|a| h)), delta
+the half-width of sigma's strip of analyticity (pi/2 for tanh), so every scheme below keeps the
+coefficients |a| of the grid variables small or the spacing fine.
+* 1-sample blocks (S2_aa, <s_a^4>, H_aa,aa, Q_aa,aaaa): one evaluation of sigma on a 1-D rule, the
+  trapezoid rule on [-12, 12] (481 nodes, the Mehler rule) for smooth sigma, even-degree
+  Gauss-Hermite (exact for the piecewise polynomials) for kinked sigma.
 * <s_a s_b>: closed forms (linear, ReLU family, erf, sin) of dlt.activations; other smooth sigma by a
   Mehler (Hermite) series in the correlation with a per-pair error bound, 2-D quadrature fallback.
-* smooth sigma on 1-4 sample blocks: tensor grids of dlt.gaussian.gaussian_expectation, Gauss-Hermite
-  for entire sigma, the trapezoid rule for tanh / sigmoid / softplus / swish (poles near the real
-  axis: Gauss-Hermite converges only like exp(-c sqrt(deg)) there). At deg = 96 (blocks of 3: 48,
-  of 4: 32) tanh tensors are accurate to ~1e-13 on 1-2 samples, ~1e-11 on 3, ~1e-9 on 4.
+* H and Q of 2-sample blocks: z = A u (Cholesky); the Hermite tensors transform covariantly,
+  He_k(w; B^-1) = (A^-T)^(x k) He_k(u), so k + 1 scalar moments <s s He_i(u_1) He_j(u_2)> on a
+  deg x deg grid (smooth sigma) or the polar rule (kinked sigma) give all of H (k = 2), Q (k = 4).
+* <prod s_i^p_i> of smooth sigma on blocks of m = 2, 3, 4 samples (the entries of S4): condition on
+  all samples but one. With z = C v (Cholesky, v standard normal) the last sample is
+  z_m = t + sig y, t = c.v, y independent, so E[s_m^p | v] = Phi_p(t) = E_y[s(t + sig y)^p]. The
+  orthogonal change of variables v = Q u (QR of [c, C_{m-1}, ..., C_2]) puts t along u_1 and
+  z_{m-1} in the (u_1, u_2) plane: Phi_p is needed at the nodes of u_1 only (a 1-D rule in y for
+  each; no interpolation, the identity is exact), and on the remaining (m-1)-D tensor grid sigma is
+  evaluated for two samples (m = 4: 2 (deg/2)^3 evaluations per block, was 4 (deg/3)^4). Which
+  sample is conditioned out is chosen per block to minimize the largest grid coefficient |a|
+  (Phi_p counts as sigma of coefficient r / (1 + 2 sig^2 / (h r)): smoothing by sig damps its
+  Fourier transform by exp(-sig^2 w^2 / 2) at w = 2 pi / h). Grids: m = 2: 1.5 deg nodes (u and y),
+  m = 3: deg^2 (y: deg), m = 4: (deg/2)^3 (y: deg). Error control: only these quadrature errors;
+  measured against plain tensor grids at high degree (tests: tanh, gelu ~4e-15 at K ~ 1) and at
+  1.5-2.5x the degree: tanh flows 1e-11 (variances 3.7) to 2e-10 (8 inputs in 4 dimensions, a
+  singular first-layer kernel with variances 2.4) relative in V, gelu 1e-12.
 * kinked sigma (scale-invariant family s(z) = c+ z (z > 0), c- (-z) (z < 0); perceptron): on a
   2-sample block the kinks are rays of the whitened plane, so a polar rule split at the rays
-  (Gauss-Legendre in angle, Gauss-Laguerre in r^2/2) is exact to rounding; 3-, 4-sample blocks condition on
-  two samples and integrate the others in closed form (partial moments, Owen's T): ~1e-14.
+  (Gauss-Legendre in angle, Gauss-Laguerre in r^2/2) is exact to rounding. 3-, 4-sample blocks
+  condition on two samples and integrate the others in closed form (partial moments; Owen's T, once
+  per node: leaky ReLU as c z^+ + a z); the conditional means add near-kinks, so the polar rule is
+  also split at their zero lines and graded towards r = 0: ~1e-12 (flows, against a 4x finer
+  rule), ~1e-9 on nearly singular 4x4 blocks.
+
+The index bookkeeping for N inputs (pairs, blocks, scatter / gather maps) is built once per N
+(_plan) and shared by every layer, so one input costs a few vector operations per layer.
 """
 from __future__ import annotations
 
@@ -37,13 +65,14 @@ import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import combinations
+from types import SimpleNamespace
 
 import numpy as np
 from numpy.polynomial.legendre import leggauss
 from scipy.special import ndtr, owens_t, roots_laguerre
 
 from .activations import closed_form_expectation, get_activation
-from .gaussian import gaussian_expectation
+from .gaussian import gaussian_expectation, quadrature_nodes
 from .networks import MLP
 
 __all__ = ["Flow", "first_layer_metric", "gaussian_tensors", "kernel_step", "vertex_step",
@@ -51,10 +80,13 @@ __all__ = ["Flow", "first_layer_metric", "gaussian_tensors", "kernel_step", "ver
            "quadratic_coupling_nlo", "quartic_two_point", "quartic_connected_four_point",
            "running_coupling"]
 
-DEG = 96                     # grid nodes per axis on 1-2 sample blocks (3 samples: /2, 4: /3)
-_NODES = 1 << 20             # blocks x nodes per batched quadrature call (bounds memory)
+DEG = 96                     # quadrature nodes per axis (3-D grids of the 4-sample blocks: DEG/2)
+_NODES = 1 << 18             # blocks x nodes per batched grid evaluation (bounds memory and cache)
 _MEHLER = (481, 128, 1e-12)  # 1-D trapezoid nodes, series length, per-pair error bound
 _PAIRS = (("gd", "ef"), ("ge", "df"), ("gf", "de"))
+_STRIP = ("tanh", "sigmoid", "softplus", "swish", "gelu", "erf")  # trapezoid rule (docstring)
+_PATTERNS = {1: ((4,),), 2: ((1, 3), (2, 2), (3, 1)), 3: ((2, 1, 1), (1, 2, 1), (1, 1, 2)),
+             4: ((1, 1, 1, 1),)}  # powers of the distinct samples of a block in S4's entries
 
 
 # ----------------------------------------------------------------------------- validation
@@ -109,11 +141,20 @@ def _kinks(act):
     return (0, 1.0, 0.0) if act.name == "perceptron" else None
 
 
+def _rule_name(act):
+    return "trapezoid" if act.name in _STRIP else "hermite"
+
+
+@lru_cache(maxsize=16)
+def _rule(n, rule):
+    """1-D nodes and weights (n,) for N(0, 1): the grid rule of dlt.gaussian.gaussian_expectation."""
+    u, w = quadrature_nodes(1, n, rule)
+    return u[:, 0], w
+
+
 def _grid_expect(f, Kb, deg, rule="hermite"):
-    """<f(z, s)>_{Kb}, Kb (B, m, m), on a tensor grid, chunked over blocks (s: the chunk's slice)."""
-    m = Kb.shape[-1]
-    deg = {1: deg, 2: deg, 3: max(16, deg // 2), 4: max(12, deg // 3)}[m]
-    step = max(1, _NODES // deg ** m)
+    """<f(z, s)>_{Kb}, Kb (B, m, m), m <= 2, on a tensor grid, chunked over blocks (s: the slice)."""
+    step = max(1, _NODES // deg ** Kb.shape[-1])
     return np.concatenate([gaussian_expectation(lambda z, s=s: f(z, s), Kb[s], deg=deg, rule=rule)
                            for s in (slice(i, i + step) for i in range(0, len(Kb), step))])
 
@@ -121,51 +162,139 @@ def _grid_expect(f, Kb, deg, rule="hermite"):
 @lru_cache(maxsize=4)
 def _polar_rule(radial):
     """Gauss-Legendre arc nodes on [-1, 1]; radial nodes, weights for the measure r e^{-r^2/2} dr."""
-    u, wu = leggauss(16 if radial == "laguerre" else 40)
     if radial == "laguerre":  # exact for even polynomials in r up to degree 14
         t, wr = roots_laguerre(4)
-        return u, wu, np.sqrt(2 * t), wr
-    x, wx = leggauss(12)      # composite Gauss-Legendre on [0, 11] for smooth radial integrands
-    r = (np.arange(5)[:, None] + (1 + x) / 2).ravel() * 2.2
-    return u, wu, r, np.tile(wx * 1.1, 5) * r * np.exp(-r * r / 2)
+        return (*leggauss(16), np.sqrt(2 * t), wr)
+    # composite Gauss-Legendre on [0, 11], panels graded towards 0, for smooth radial integrands
+    # with boundary layers (conditional moments of nearly degenerate blocks)
+    x, wx = leggauss(10)
+    edges = np.array([0, 0.1, 0.4, 1.2, 2.6, 4.5, 7.0, 11.0])
+    lo, hi = edges[:-1, None], edges[1:, None]
+    r, wr = (lo + (hi - lo) * (1 + x) / 2).ravel(), ((hi - lo) / 2 * wx).ravel()
+    return (*leggauss(24), r, wr * r * np.exp(-r * r / 2))
 
 
-def _polar_nodes(Kb, radial="laguerre"):
+def _polar_nodes(Kb, radial="laguerre", lines=None):
     """Nodes z (B, P, 2) and weights (B, P) for N(0, Kb), Kb (B, 2, 2), split at the kinks.
 
     z = A xi with A A^T = Kb; in the xi plane the kinks z_i = 0 are lines through 0 that cut the
-    angle into four arcs, on each of which a piecewise-homogeneous integrand is smooth."""
+    angle into arcs, on each of which a piecewise-homogeneous integrand is smooth. lines (B, k, 2):
+    further linear forms of z whose zero lines also cut (near-kinks of conditional moments)."""
     A = np.zeros_like(Kb)  # Cholesky, exact for singular blocks (a repeated input)
     A[:, 0, 0] = np.sqrt(np.maximum(Kb[:, 0, 0], 1e-300))
     A[:, 1, 0] = Kb[:, 0, 1] / A[:, 0, 0]
     A[:, 1, 1] = np.sqrt(np.maximum(Kb[:, 0, 0] * Kb[:, 1, 1] - Kb[:, 0, 1] ** 2, 0)) / A[:, 0, 0]
-    th = np.arctan2(-A[:, :, 0], A[:, :, 1]) % np.pi
+    rows = A if lines is None else np.concatenate([A, lines @ A], axis=1)
+    th = np.arctan2(-rows[:, :, 0], rows[:, :, 1]) % np.pi
     cuts = np.sort(np.concatenate([th, th + np.pi], axis=1), axis=1)
     lo, hi = cuts, np.concatenate([cuts[:, 1:], cuts[:, :1] + 2 * np.pi], axis=1)
     u, wu, r, wr = _polar_rule(radial)
-    ang = ((lo + hi) / 2)[..., None] + ((hi - lo) / 2)[..., None] * u             # (B, 4, n)
-    xi = np.stack([np.cos(ang), np.sin(ang)], -1)[..., None, :] * r[:, None]       # (B, 4, n, R, 2)
-    z = np.einsum("bij,bkarj->bkari", A, xi).reshape(len(Kb), -1, 2)
+    ang = ((lo + hi) / 2)[..., None] + ((hi - lo) / 2)[..., None] * u             # (B, arcs, n)
+    xi = np.stack([np.cos(ang), np.sin(ang)], -1)[..., None, :] * r[:, None]       # (B, arcs, n, R, 2)
+    z = (A[:, None, None, None] @ xi[..., None])[..., 0].reshape(len(Kb), -1, 2)  # A xi
     w = (((hi - lo) / (4 * np.pi))[..., None] * wu)[..., None] * wr
     return z, w.reshape(len(Kb), -1)
 
 
 def _expect(act, f, Kb, deg):
-    """<f(z, s)>_{Kb} for blocks of 1-4 samples: polar rule (kinked sigma, 2 samples) or a grid."""
+    """<f(z, s)>_{Kb} for 2-sample blocks Kb (B, 2, 2): polar rule (kinked sigma) or a grid."""
     if _kinks(act) is None:
-        strip = act.name in ("tanh", "sigmoid", "softplus", "swish")
-        return _grid_expect(f, Kb, deg, "trapezoid" if strip else "hermite")
-    if Kb.shape[-1] == 1:  # kinked 1-D moments of even degree: even-degree Gauss-Hermite is exact
-        return _grid_expect(f, Kb, deg)
+        return _grid_expect(f, Kb, deg, _rule_name(act))
     z, w = _polar_nodes(Kb)
     return np.einsum("bp...,bp->b...", f(z, slice(None)), w)
+
+
+def _chol(Kb):
+    """Lower-triangular C with C C^T = Kb for PSD blocks Kb (B, m, m); a zero pivot (a singular
+    block) gives a zero column."""
+    C = np.zeros_like(Kb)
+    for j in range(Kb.shape[-1]):
+        C[:, j, j] = np.sqrt(np.maximum(Kb[:, j, j] - np.sum(C[:, j, :j] ** 2, -1), 0))
+        piv = np.where(C[:, j, j] > 0, C[:, j, j], np.inf)[:, None]
+        C[:, j + 1:, j] = (Kb[:, j + 1:, j] - np.einsum("bik,bk->bi", C[:, j + 1:, :j], C[:, j, :j])) / piv
+    return C
+
+
+def _pow(a, q):
+    """a ** q for a small integer q >= 1 by multiplication (np.power is slow for q = 3)."""
+    return a if q == 1 else a * _pow(a, q - 1)
+
+
+def _frame(Kb):
+    """The rotated frame of blocks Kb (B, m, m) whose last sample is conditioned out: z_j = A_j . u
+    (j < m - 1; A (B, d, d), d = m - 1, A_j zero beyond its first min(d + 1 - j, d) entries), and
+    z_m = r u_1 + sig y (r, sig (B,)); u, y independent standard normal."""
+    d = Kb.shape[-1] - 1
+    C = _chol(Kb)
+    c, sig = C[:, d, :d], C[:, d, d]
+    Q = np.linalg.qr(np.stack([c] + [C[:, j, :d] for j in range(d - 1, 0, -1)], -1),
+                     mode="complete")[0]
+    return C[:, :d, :d] @ Q, np.einsum("bi,bi->b", c, Q[:, :, 0]), sig
+
+
+def _conditioning_order(Kb, h):
+    """Per block (B, m, m), the order of its samples (B, m) with the best sample to condition out
+    last. The trapezoid rule of spacing h errs on sigma(a u) by ~exp(-2 pi delta / (|a| h)), delta
+    the half-width of sigma's strip of analyticity, so the cost of a choice is the largest grid
+    coefficient: |A_jk|, and for Phi(r u_1), sigma smoothed by sig (Fourier transform damped by
+    exp(-sig^2 w^2 / 2) at w = 2 pi / h), the effective r / (1 + 2 sig^2 / (h r))."""
+    m = Kb.shape[-1]
+    orders = np.array([[j for j in range(m) if j != k] + [k] for k in range(m)])
+    cost = []
+    for o in orders:
+        A, r, sig = _frame(Kb[:, o][:, :, o])
+        r = np.abs(r)
+        cost.append(np.maximum(np.abs(A).max(axis=(1, 2)), r / (1 + 2 * sig ** 2 / (h * r + 1e-300))))
+    return orders[np.argmin(cost, axis=0)]
+
+
+def _conditioned(act, Kb, pats, deg):
+    """<prod_i s(z_i)^p_i>_{Kb} for each power pattern p in pats (tuples of length m, a set closed
+    under permutations), blocks Kb (B, m, m), m = 2..4, smooth sigma, by conditioning on all samples
+    but one (module docstring). Returns (B, len(pats))."""
+    d, rule = Kb.shape[-1] - 1, _rule_name(act)
+    n = {1: min(3 * deg // 2, 256), 2: deg, 3: deg // 2}[d]  # nodes per axis of the (m-1)-D grid
+    x, w = _rule(n, rule)
+    y, wy = _rule(n if d == 1 else deg, rule)  # the rule in y, for Phi_p(t) at the n nodes of u_1
+
+    def on_grid(a):  # a (B, k) -> a_1 x + ... + a_k x on the k-D grid, shape (B,) + (n,) * k
+        z = a[:, :1] * x
+        for k in range(1, a.shape[1]):
+            z = z[..., None] + a[:, k].reshape((-1,) + (1,) * (k + 1)) * x
+        return z
+
+    def integrate(factors):  # sum of the product over the grid; factor i is (B,) + (n,) * k_i
+        acc = None
+        for D in range(d, 0, -1):
+            for f in (f for f in factors if f.ndim == D + 1):
+                acc = f if acc is None else acc * f
+            acc = acc @ w
+        return acc
+
+    def chunk(Kb):
+        A, r, sig = _frame(Kb)
+        s = [act.f(on_grid(A[:, j, :min(d + 1 - j, d)])) for j in range(d)]
+        sy = act.f((r[:, None] * x)[..., None] + sig[:, None, None] * y)
+        phi = {q: _pow(sy, q) @ wy for q in {p[-1] for p in pats}}
+        return np.stack([integrate([_pow(s[j], q) for j, q in enumerate(p[:-1])] + [phi[p[-1]]])
+                         for p in pats], -1)
+
+    order = _conditioning_order(Kb, x[n // 2] - x[n // 2 - 1])
+    Kb = np.take_along_axis(np.take_along_axis(Kb, order[:, :, None], 1), order[:, None, :], 2)
+    step = max(1, _NODES // n ** d)
+    out = np.concatenate([chunk(Kb[i:i + step]) for i in range(0, len(Kb), step)])
+    P, code = np.array(pats), 5 ** np.arange(d + 1)  # find each pattern in the reordered samples
+    pos = np.searchsorted(np.sort(P @ code), P[:, order] @ code)  # (len(pats), B)
+    return np.take_along_axis(out[:, np.argsort(P @ code)], pos.T, 1)
 
 
 def _partial(e, mu, s):
     """E[(x^+)^e] for x ~ N(mu, s^2), e in {0, 1, 2}."""
     t = mu / s
+    if e == 0:
+        return ndtr(t)
     P, p = ndtr(t), np.exp(-t * t / 2) / np.sqrt(2 * np.pi)
-    return (P, mu * P + s * p, (mu * mu + s * s) * P + mu * s * p)[e]
+    return mu * P + s * p if e == 1 else (mu * mu + s * s) * P + mu * s * p
 
 
 def _orthant(kk, mx, my, sx, sy, rho):
@@ -183,27 +312,45 @@ def _orthant(kk, mx, my, sx, sy, rho):
     return mx * my * P + mx * sy * (B + rho * A) + my * sx * (A + rho * B) + sx * sy * Euv
 
 
-def _kinked_moment(act, Kb, p):
-    """<prod_i s(z_i)^p_i> for kinked sigma, blocks Kb (B, m, m), m = 3, 4, powers p (m,).
+def _kinked_pair(kk, cp, cm, mx, my, sx, sy, rho):
+    """E[s(x) s(y)] for s(z) = cp (z^+)^kk + cm ((-z)^+)^kk, (x, y) Gaussian (means, sds, corr).
 
-    Polar rule over (z_0, z_1); the rest, Gaussian given (z_0, z_1), is integrated in closed form."""
+    For kk = 1, s(z) = c z^+ + a z (c = cp + cm, a = -cm): one orthant moment (Owen's T), the
+    half-linear E[x^+ y] = my E[x^+] + rho sx sy P(x > 0) and E[x y]."""
+    if kk == 0:
+        return sum(c1 * c2 * _orthant(0, s1 * mx, s2 * my, sx, sy, s1 * s2 * rho)
+                   for s1, c1 in ((1, cp), (-1, cm)) for s2, c2 in ((1, cp), (-1, cm)) if c1 * c2)
+    c, a = cp + cm, -cm
+    out = c * c * _orthant(1, mx, my, sx, sy, rho)
+    if a:
+        def half(mx, my, sx, sy):
+            return my * _partial(1, mx, sx) + rho * sx * sy * _partial(0, mx, sx)
+        out = out + c * a * (half(mx, my, sx, sy) + half(my, mx, sy, sx)) + a * a * (
+            mx * my + rho * sx * sy)
+    return out
+
+
+def _kinked_moments(act, Kb, pats):
+    """<prod_i s(z_i)^p_i> for kinked sigma and each power pattern p in pats (tuples of length m),
+    blocks Kb (B, m, m), m = 3, 4. Returns (B, len(pats)).
+
+    Polar rule over (z_0, z_1), split at the kinks and at the zero lines of the conditional means;
+    the rest, Gaussian given (z_0, z_1), is integrated in closed form."""
     kk, cp, cm = _kinks(act)
-    z, w = _polar_nodes(Kb[:, :2, :2], radial="gl")
-    M = Kb[:, 2:, :2] @ np.linalg.pinv(Kb[:, :2, :2])
+    M = Kb[:, 2:, :2] @ np.linalg.pinv(Kb[:, :2, :2])  # conditional means M z
+    z, w = _polar_nodes(Kb[:, :2, :2], radial="gl", lines=M)
     C = Kb[:, 2:, 2:] - M @ np.swapaxes(Kb[:, 2:, :2], 1, 2)
-    mu = np.einsum("bij,bpj->bpi", M, z)
+    mu = M[:, None, :, 0] * z[..., :1] + M[:, None, :, 1] * z[..., 1:]  # (B, P, m - 2)
     sd = np.sqrt(np.maximum(np.diagonal(C, axis1=1, axis2=2), 1e-30 * np.abs(Kb).max()))[:, None]
-    out = np.prod(np.where(z > 0, cp * np.abs(z) ** kk, cm * np.abs(z) ** kk) ** p[:2], axis=-1)
+    s = act.f(z)
     if Kb.shape[-1] == 3:
-        e = kk * p[2]
-        out = out * (cp ** p[2] * _partial(e, mu[..., 0], sd[..., 0])
-                     + cm ** p[2] * _partial(e, -mu[..., 0], sd[..., 0]))
+        rest = {e: cp ** e * _partial(kk * e, mu[..., 0], sd[..., 0])
+                + cm ** e * _partial(kk * e, -mu[..., 0], sd[..., 0]) for e in {p[2] for p in pats}}
     else:
         rho = np.clip(C[:, 0, 1] / np.prod(sd[:, 0], -1), -1 + 1e-15, 1 - 1e-15)[:, None]
-        out = out * sum(c1 * c2 * _orthant(kk, s1 * mu[..., 0], s2 * mu[..., 1], sd[..., 0],
-                                           sd[..., 1], s1 * s2 * rho)
-                        for s1, c1 in ((1, cp), (-1, cm)) for s2, c2 in ((1, cp), (-1, cm)) if c1 * c2)
-    return np.einsum("bp,bp->b", out, w)
+        rest = {1: _kinked_pair(kk, cp, cm, mu[..., 0], mu[..., 1], sd[..., 0], sd[..., 1], rho)}
+    return np.stack([np.sum(_pow(s[..., 0], p[0]) * _pow(s[..., 1], p[1]) * rest[p[-1]] * w, -1)
+                     for p in pats], -1)
 
 
 # ----------------------------------------------------------------------------- Gaussian tensors
@@ -282,64 +429,124 @@ def _mehler(act, kd, ia, ib, k12, deg):
     return out
 
 
-def _pair_tensors(act, K, deg, fourth=True):
-    """Per unordered pair p = (a <= b): I (P, 2), lookup pid (N, N), S2 (N, N), H (P, 2, 2) and
-    Q (P, 2, 2, 2, 2) on the local indices (a, b); a pair (a, a) is a 1x1 block at local index 0."""
-    N = K.shape[0]
+@lru_cache(maxsize=8)
+def _plan(N):
+    """Index bookkeeping for N inputs, built once and shared by every layer (arrays read-only).
+
+    I (P, 2): the unordered pairs, (a, a) first; pid (N, N) their index; ij / ijkl: gathers of the
+    local indices of each pair from (N, N) / (N,)*4 tensors; blocks[m]: the m-sample subsets;
+    codes / gather: where the block moments of S4 go in the flattened (N,)*4 table and back."""
     I = np.array([(a, a) for a in range(N)] + list(combinations(range(N), 2))).reshape(-1, 2)
     pid = np.empty((N, N), dtype=int)
     pid[I[:, 0], I[:, 1]] = pid[I[:, 1], I[:, 0]] = np.arange(len(I))
-    Kb = K[I[:, :, None], I[:, None, :]]
-    if np.any(np.diag(K) <= 1e-14 * np.abs(K).max()) or np.any(
-            np.linalg.det(Kb[N:]) <= 1e-12 * Kb[N:, 0, 0] * Kb[N:, 1, 1]):
+    blocks = {m: np.array(list(combinations(range(N), m))) for m in range(1, min(N, 4) + 1)}
+    place = N ** np.arange(3, -1, -1)
+    codes = np.concatenate([S[:, np.repeat(np.arange(m), p)] @ place
+                            for m, S in blocks.items() for p in _PATTERNS[m]])
+    gather = np.sort(np.indices((N,) * 4).reshape(4, -1).T, axis=1) @ place
+    for v in [I, pid, codes, gather, *blocks.values()]:
+        v.flags.writeable = False  # (views taken below inherit this)
+    ijkl = tuple(I[(slice(None),) + (None,) * k + (slice(None),) + (None,) * (3 - k)] for k in range(4))
+    return SimpleNamespace(I=I, pid=pid, ij=(I[:, :, None], I[:, None, :]), ijkl=ijkl,
+                           pp=(pid[:, :, None, None], pid[None, None]), blocks=blocks,
+                           codes=codes, gather=gather)
+
+
+@lru_cache(maxsize=8)
+def _diagonal_rule(kinked, deg):
+    """1-D rule for 1-sample blocks: nodes x (n,) and weights (n, 3) for <.>, <.(x^2 - 1)>,
+    <. He4(x)>: even-degree Gauss-Hermite (kinked sigma: exact), else the Mehler trapezoid rule."""
+    x, w = _rule(deg, "hermite") if kinked else _hermite(*_MEHLER[:2])[:2]
+    W = np.stack([w, w * (x * x - 1), w * (x ** 4 - 6 * x * x + 3)], -1)
+    W.flags.writeable = False
+    return x, W
+
+
+def _diagonal(act, kd, deg):
+    """1-sample blocks (variances kd (N,)): <s^2>, <s^4>, H_aa,aa = <s^2 (z^2/k - 1)>/k and
+    Q_aa,aaaa = <s^2 He4(z/sqrt k)>/k^2 (z-form of the module docstring), each (N,)."""
+    x, W = _diagonal_rule(_kinks(act) is not None, deg)
+    ss = act.f(np.sqrt(kd)[:, None] * x) ** 2
+    m = ss @ W
+    return m[:, 0], (ss * ss) @ W[:, 0], m[:, 1] / kd, m[:, 2] / kd ** 2
+
+
+_HE = (lambda x: 1.0 + 0 * x, lambda x: x, lambda x: x * x - 1, lambda x: x ** 3 - 3 * x,
+       lambda x: x ** 4 - 6 * x * x + 3)  # probabilists' Hermite polynomials He_0..He_4
+
+
+def _pair_hq(act, Kb, deg, fourth):
+    """H (B, 2, 2) and Q (B, 2, 2, 2, 2) (None unless fourth) of 2-sample blocks Kb (B, 2, 2) in
+    z-form: H = <s s He2(w; B^-1)>, Q = <s s He4(w; B^-1)>, w = B^-1 z.
+
+    With z = A u (Cholesky, u standard normal), w = A^-T u and the Hermite tensors transform
+    covariantly, He_k(w; B^-1) = (A^-T)^(x k) He_k(u; 1), whose entries are products
+    He_i(u_1) He_j(u_2) (i + j = k, j = number of indices equal to 2): k + 1 scalar moments each.
+    Nodes: the polar rule (kinked sigma) or the Cholesky-mapped tensor grid."""
+    A = _chol(Kb)
+    if _kinks(act) is None:
+        u, w = quadrature_nodes(2, deg, _rule_name(act))
+        z = np.einsum("bij,pj->bpi", A, u)
+    else:
+        z, w = _polar_nodes(Kb)
+        u = np.einsum("bij,bpj->bpi", np.linalg.inv(A), z)
+    s = act.f(z)
+    ssw = s[..., 0] * s[..., 1] * w
+    M = np.swapaxes(np.linalg.inv(A), 1, 2)  # w = M u
+
+    def tensor(k):  # <s s He_k(w; B^-1)> (B,) + (2,) * k
+        he = np.stack([_HE[k - j](u[..., 0]) * _HE[j](u[..., 1]) for j in range(k + 1)], -1)
+        T = (ssw[:, None] @ he)[:, 0][:, np.indices((2,) * k).sum(0)]
+        for ax in range(1, k + 1):  # apply M to every index
+            T = np.moveaxis(np.einsum("bgi,b...i->b...g", M, np.moveaxis(T, ax, -1)), -1, ax)
+        return T
+
+    return tensor(2), tensor(4) if fourth else None
+
+
+def _pair_tensors(act, K, deg, fourth=True):
+    """Per unordered pair p = (a <= b) (in the order of _plan(N).I): H (P, 2, 2) and, if fourth,
+    Q (P, 2, 2, 2, 2) on the local indices (a, b), a pair (a, a) being a 1x1 block at local index 0;
+    S2 (N, N) = <s_a s_b>; s4 (N,) = <s_a^4>. Raises ValueError for a singular diagonal entry or
+    2x2 block of K."""
+    N, plan, kd = K.shape[0], _plan(K.shape[0]), K.diagonal()
+    a, b = plan.I[N:, 0], plan.I[N:, 1]
+    if (kd <= 1e-14 * np.abs(K).max()).any() or N > 1 and (
+            kd[a] * kd[b] - K[a, b] ** 2 <= 1e-12 * kd[a] * kd[b]).any():
         raise ValueError("every input needs K_aa > 0 and every pair of inputs a non-singular 2x2 "
                          "kernel block (duplicate or parallel inputs?): H and Q need its inverse")
-    H, Q = np.zeros((len(I), 2, 2)), np.zeros((len(I),) + (2,) * 4)
-    for sl, m in ((slice(0, N), 1), (slice(N, None), 2)):
-        if not len(Kb[sl]):
-            continue
-        Binv = np.linalg.inv(Kb[sl][:, :m, :m])
-
-        def f(z, s, Binv=Binv, m=m):
-            Bi = Binv[s]
-            w = np.einsum("bij,bpj->bpi", Bi, z)
-            ss = act.f(z[..., 0]) * act.f(z[..., m - 1])
-            parts = [ss[..., None], ss[..., None] * (np.einsum("bpg,bpd->bpgd", w, w)
-                                                     - Bi[:, None]).reshape(*ss.shape, -1)]
-            if fourth:  # He4(w; B^-1) = wwww - (B^-1 ww, 6 terms) + (B^-1 B^-1, 3 terms)
-                he4 = np.einsum("bpg,bpd,bpe,bpf->bpgdef", w, w, w, w) + sum(
-                    np.einsum(f"b{x},b{y}->bgdef", Bi, Bi) for x, y in _PAIRS)[:, None]
-                he4 -= sum(np.einsum(f"b{x},bp{y[0]},bp{y[1]}->bpgdef", Bi, w, w) + np.einsum(
-                    f"b{y},bp{x[0]},bp{x[1]}->bpgdef", Bi, w, w) for x, y in _PAIRS)
-                parts.append(ss[..., None] * he4.reshape(*ss.shape, -1))
-            return np.concatenate(parts, -1)
-
-        out = _expect(act, f, Kb[sl][:, :m, :m], deg)
-        H[sl, :m, :m] = out[:, 1:1 + m * m].reshape(-1, m, m)
+    S2, H = np.empty((N, N)), np.zeros((len(plan.I), 2, 2))
+    Q = np.zeros((len(plan.I),) + (2,) * 4) if fourth else None
+    s2, s4, H[:N, 0, 0], q = _diagonal(act, kd, deg)
+    np.fill_diagonal(S2, s2)
+    if fourth:
+        Q[:N, 0, 0, 0, 0] = q
+    if N > 1:
+        S2[a, b] = S2[b, a] = _s2(act, kd, a, b, K[a, b], deg)
+        H[N:], q = _pair_hq(act, K[plan.ij[0][N:], plan.ij[1][N:]], deg, fourth)
         if fourth:
-            Q[sl, :m, :m, :m, :m] = out[:, 1 + m * m:].reshape((-1,) + (m,) * 4)
-    S2 = _s2(act, np.diag(K), I[:, 0], I[:, 1], K[I[:, 0], I[:, 1]], deg)[pid]
-    return dict(I=I, pid=pid, S2=S2, H=H, Q=Q if fourth else None)
+            Q[N:] = q
+    return dict(S2=S2, H=H, Q=Q, s4=s4)
 
 
-def _four_point(act, K, deg):
-    """S4[a, b, c, d] = <s_a s_b s_c s_d>_K, each entry from the block of the samples it names."""
-    N, codes, vals = K.shape[0], [], []
-    pats = {1: [(4,)], 2: [(1, 3), (2, 2), (3, 1)], 3: [(2, 1, 1), (1, 2, 1), (1, 1, 2)],
-            4: [(1, 1, 1, 1)]}
-    for m in range(1, min(N, 4) + 1):
-        S = np.array(list(combinations(range(N), m)))
-        Kb, locs = K[S[:, :, None], S[:, None, :]], [np.repeat(np.arange(m), p) for p in pats[m]]
-        codes += [S[:, loc] @ N ** np.arange(3, -1, -1) for loc in locs]
-        if _kinks(act) is not None and m > 2:
-            vals += [_kinked_moment(act, Kb, np.array(p)) for p in pats[m]]
-        else:  # every pattern of these samples from one evaluation of sigma on the grid
-            vals += list(_expect(act, lambda z, s, locs=locs: np.stack(
-                [np.prod(act.f(z)[..., loc], axis=-1) for loc in locs], -1), Kb, deg).T)
+def _four_point(act, K, deg, s4):
+    """S4[a, b, c, d] = <s_a s_b s_c s_d>_K, each entry from the block of the distinct samples it
+    names (given s4 = <s_a^4> of the 1-sample blocks); patterns of one block share its grid."""
+    N, plan = K.shape[0], _plan(K.shape[0])
+    vals = [s4]
+    for m, S in list(plan.blocks.items())[1:]:
+        Kb, pats = K[S[:, :, None], S[:, None, :]], _PATTERNS[m]
+        if _kinks(act) is None:
+            v = _conditioned(act, Kb, pats, deg)
+        elif m > 2:
+            v = _kinked_moments(act, Kb, pats)
+        else:
+            v = _expect(act, lambda z, s: np.stack([_pow(act.f(z[..., 0]), p) * _pow(act.f(z[..., 1]), q)
+                                                    for p, q in pats], -1), Kb, deg)
+        vals.append(v.T.ravel())
     table = np.zeros(N ** 4)
-    table[np.concatenate(codes)] = np.concatenate(vals)
-    grid = np.sort(np.indices((N,) * 4).reshape(4, -1).T, axis=1)
-    return table[grid @ N ** np.arange(3, -1, -1)].reshape((N,) * 4)
+    table[plan.codes] = np.concatenate(vals)
+    return table[plan.gather].reshape((N,) * 4)
 
 
 def gaussian_tensors(act, K, deg: int = DEG) -> dict:
@@ -351,36 +558,35 @@ def gaussian_tensors(act, K, deg: int = DEG) -> dict:
     or a singular diagonal entry / 2x2 block of K."""
     act, K, deg = get_activation(act), _kernel(K), _deg(deg)
     t, N = _pair_tensors(act, K, deg), K.shape[0]
-    I, H, Q = t["I"], np.zeros((N,) * 4), np.zeros((N,) * 6)
+    I, H, Q = _plan(N).I, np.zeros((N,) * 4), np.zeros((N,) * 6)
     for sl, m in ((slice(0, N), 1), (slice(N, None), 2)):  # scatter; H_ab = H_ba (s_a s_b = s_b s_a)
         a, b = I[sl, 0], I[sl, 1]
         for loc in np.ndindex((m,) * 4):
             g, d, e, f = (I[sl, i] for i in loc)
             Q[a, b, g, d, e, f] = Q[b, a, g, d, e, f] = t["Q"][sl][(slice(None),) + loc]
             H[a, b, g, d] = H[b, a, g, d] = t["H"][sl][:, loc[0], loc[1]]
-    return dict(S2=t["S2"], S4=_four_point(act, K, deg), H=H, Q=Q)
+    return dict(S2=t["S2"], S4=_four_point(act, K, deg, t["s4"]), H=H, Q=Q)
 
 
 # ----------------------------------------------------------------------------- recursion steps
-def _local(act, K, S2, C_W, deg):
-    return C_W ** 2 * (_four_point(act, K, deg) - np.einsum("ab,cd->abcd", S2, S2))
+def _local(act, K, t, C_W, deg):
+    """C_W^2 (<s_a s_b s_c s_d> - <s_a s_b> <s_c s_d>)  (N,)*4."""
+    return C_W ** 2 * (_four_point(act, K, deg, t["s4"]) - np.multiply.outer(t["S2"], t["S2"]))
 
 
 def _inherited(t, V):
     """sum_{g,d in {a,b}; e,f in {c,d}} H_ab,gd V_(gd)(ef) H_cd,ef  (N,)*4."""
-    I, pid, H = t["I"], t["pid"], t["H"]
-    W = np.einsum("pij,pijcd->pcd", H, V[I[:, :, None], I[:, None, :]])
-    Y = np.einsum("pqkl,qkl->pq", W[:, I[:, :, None], I[:, None, :]], H)
-    return Y[pid[:, :, None, None], pid[None, None]]
+    plan, H = _plan(V.shape[0]), t["H"]
+    W = np.einsum("pij,pijcd->pcd", H, V[plan.ij])
+    return np.einsum("pqkl,qkl->pq", W[(slice(None),) + plan.ij], H)[plan.pp]
 
 
 def _nlo(t, V, G1):
     """1/2 sum G1_gd H_ab,gd + 1/8 sum V_(gd)(ef) Q_ab,gdef  (N, N)."""
-    I = t["I"]
-    ix = [I[(slice(None),) + (None,) * k + (slice(None),) + (None,) * (3 - k)] for k in range(4)]
-    g1 = np.einsum("pij,pij->p", t["H"], G1[ix[0][..., 0, 0], ix[1][..., 0, 0]])
-    vq = np.einsum("pijkl,pijkl->p", t["Q"], V[tuple(ix)])
-    return (0.5 * g1 + 0.125 * vq)[t["pid"]]
+    plan = _plan(V.shape[0])
+    g1 = np.einsum("pij,pij->p", t["H"], G1[plan.ij])
+    vq = np.einsum("pijkl,pijkl->p", t["Q"], V[plan.ijkl])
+    return (0.5 * g1 + 0.125 * vq)[plan.pid]
 
 
 def first_layer_metric(X, C_b=0.0, C_W=1.0):
@@ -412,7 +618,7 @@ def vertex_step(act, K, V, C_W, r=1.0, *, deg: int = DEG):
     act, K, deg = get_activation(act), _kernel(K), _deg(deg)
     V, C_W, r = _tensor(V, K.shape[0], 4, "V"), _nonneg(C_W, "C_W"), _nonneg(r, "r")
     t = _pair_tensors(act, K, deg, fourth=False)
-    return _local(act, K, t["S2"], C_W, deg) + r * C_W ** 2 / 4 * _inherited(t, V)
+    return _local(act, K, t, C_W, deg) + r * C_W ** 2 / 4 * _inherited(t, V)
 
 
 def nlo_metric_step(act, K, V, G1, C_W, r=1.0, *, deg: int = DEG):
@@ -452,8 +658,9 @@ def preactivation_flow(net: MLP, X, *, nlo: bool = True, deg: int = DEG) -> Flow
     (4.118), (4.119), per-layer C_b, C_W, widths (r = n_l/n_{l-1} in the step l -> l+1).
 
     Each layer's K, V, G^{1} are computed from the previous layer's, never from partly updated ones.
-    Cost per layer is dominated by the C(N_D, 4) four-sample blocks of V (tanh at deg 96: ~1 s per
-    25 blocks; ReLU ~6x faster) and N_D^4 memory: meant for N_D <~ 10 (use kernel_fn for K alone).
+    Cost per layer is dominated by the C(N_D, 4) four-sample blocks of V (at deg 96 ~1 ms per block
+    for tanh, ~2 ms for gelu, ~3 ms for ReLU: N_D = 8 to depth 20 in 2-7 s on 2 cores) and N_D^4
+    memory: meant for N_D <~ 10 (use kernel_fn for K alone); one input costs ~40 us per layer.
     Raises TypeError for a net that is not an MLP; ValueError for bad X or deg, or a singular 2x2
     kernel block (duplicate inputs, a zero input with C_b = 0). Warns if the kernel becomes
     non-finite (deeper layers are then nan)."""
@@ -463,7 +670,7 @@ def preactivation_flow(net: MLP, X, *, nlo: bool = True, deg: int = DEG) -> Flow
     G1 = np.zeros((L + 1, N, N)) if nlo else None
     K[0], K[1] = X @ X.T / n[0], first_layer_metric(X, net.C_b[0], net.C_W[0])
     for l in range(1, L):
-        if not np.all(np.isfinite(K[l])) or np.any(np.diag(K[l]) < 1e-280):
+        if not np.isfinite(K[l]).all() or (K[l].diagonal() < 1e-280).any():
             warnings.warn(f"the kernel has exploded or vanished at layer {l} (off criticality?); "
                           "deeper layers are set to nan")
             for T in (K, V) + ((G1,) if nlo else ()):
@@ -472,7 +679,7 @@ def preactivation_flow(net: MLP, X, *, nlo: bool = True, deg: int = DEG) -> Flow
         cb, cw, r = net.C_b[l], net.C_W[l], n[l] / n[l - 1]
         t = _pair_tensors(act, K[l], deg, fourth=nlo)
         K[l + 1] = cb + cw * t["S2"]
-        V[l + 1] = _local(act, K[l], t["S2"], cw, deg) + r * cw ** 2 / 4 * _inherited(t, V[l])
+        V[l + 1] = _local(act, K[l], t, cw, deg) + r * cw ** 2 / 4 * _inherited(t, V[l])
         if nlo:
             G1[l + 1] = cw * r * _nlo(t, V[l], G1[l])
     return Flow(net, X, K, V, G1)

@@ -210,9 +210,11 @@ def stochastic_metric(net: MLP, z_prev, l: int):
         raise ValueError(f"l must lie in 2..L={net.L} (layer 1 has the deterministic metric (4.8))")
     z_prev = np.asarray(z_prev, dtype=float)
     if z_prev.ndim < 2 or z_prev.shape[-1] != net.widths[l - 1]:
-        raise ValueError(f"z_prev must have shape (..., N_D, n_{l - 1}={net.widths[l - 1]}), got {z_prev.shape}")
+        raise ValueError(f"z_prev must have shape (..., N_D, n_{l - 1}={net.widths[l - 1]}), "
+                         f"got {z_prev.shape}")
     h = net.activation.f(z_prev)
-    return net.C_b[l - 1] + net.C_W[l - 1] * (h @ np.swapaxes(h, -1, -2)) / net.widths[l - 1]
+    cb, cw, n = net.C_b[l - 1], net.C_W[l - 1], net.widths[l - 1]
+    return cb + cw * (h @ np.swapaxes(h, -1, -2)) / n
 
 
 def _ensemble_args(net, X, n_ens, seed, layers):

@@ -230,12 +230,46 @@ def test_kinked_tensors_exact(name):
         assert abs(m - S4[idx]) < 4 * se
 
 
+def plain_grid(f, K, deg):
+    """<f(z)>_K on the plain deg^m trapezoid tensor grid in the eigenbasis of K (the rule of
+    dlt.gaussian), summed slice by slice over the first axis to bound memory."""
+    lam, U = np.linalg.eigh(K)
+    A = U * np.sqrt(np.clip(lam, 0, None))
+    x = np.linspace(-1, 1, deg) * 2.1 * deg ** (1 / 3)
+    w = (x[1] - x[0]) * np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
+    rest = np.stack(np.meshgrid(*[x] * (len(K) - 1), indexing="ij"), -1).reshape(-1, len(K) - 1)
+    w_rest = np.prod(np.meshgrid(*[w] * (len(K) - 1), indexing="ij"), axis=0).ravel()
+    return sum(wi * (f(np.column_stack([np.full(len(rest), xi), rest]) @ A.T) @ w_rest)
+               for xi, wi in zip(x, w))
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu"])
+def test_four_point_conditioning_matches_plain_grid(name):
+    """S4 on 2-, 3- and 4-sample blocks (conditioning on all samples but one, the power on each
+    position) against plain tensor grids at high degree (4-D: 64, 3-D: 96, 2-D: 200 nodes per
+    axis; their own error is < 1e-14 at these variances <~ 1.6): agreement to ~1e-14."""
+    act = get_activation(name)
+    K = first_layer_metric(X4, 0.1, 1.3)
+    S4 = gaussian_tensors(act, K)["S4"]
+    for idx in [(0, 1, 2, 3), (0, 0, 1, 2), (0, 2, 2, 3), (1, 2, 3, 3), (0, 0, 0, 1), (0, 0, 1, 1),
+                (2, 3, 3, 3)]:
+        samples = sorted(set(idx))
+        powers = [idx.count(a) for a in samples]
+
+        def f(z, powers=powers):
+            s = act.f(z)
+            return np.prod([s[:, i] ** p for i, p in enumerate(powers)], axis=0)
+
+        ref = plain_grid(f, K[np.ix_(samples, samples)], {2: 200, 3: 96, 4: 64}[len(samples)])
+        assert abs(S4[idx] - ref) < 1e-13, (idx, S4[idx] - ref)
+
+
 def test_quadrature_accuracy_tanh():
-    """The default degree against a much finer grid: ~1e-9 on V (4-sample blocks dominate)."""
+    """The default degree against a much finer grid (measured ~2e-14 on V and G1 here)."""
     net = MLP((4, 5, 5, 5), "tanh", 0.2, 1.5)
     a, b = preactivation_flow(net, X4), preactivation_flow(net, X4, deg=128)
     assert np.abs(a.K - b.K).max() < 1e-13
-    assert np.abs(a.V - b.V).max() < 1e-8 * np.abs(b.V).max()
+    assert np.abs(a.V - b.V).max() < 1e-11 * np.abs(b.V).max()
     assert np.abs(a.G1 - b.G1).max() < 1e-11 * np.abs(b.G1).max()
 
 

@@ -385,8 +385,8 @@ def test_kernel_fn_mehler_accuracy():
 # ------------------------------------------------------------------------------ Monte Carlo
 def G_hat(net, z):
     """Stochastic metric (4.70) of the last layer from the penultimate preactivations z."""
-    s = net.activation.f(z)
-    return net.C_b[-1] + net.C_W[-1] * np.einsum("mai,mbi->mab", s, s) / z.shape[-1]
+    from dlt.networks import stochastic_metric
+    return stochastic_metric(net, z, net.L)
 
 
 def test_vertex_monte_carlo_unequal_widths():

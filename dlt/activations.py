@@ -24,7 +24,8 @@ import scipy.special as ss
 
 from .gaussian import gaussian_expectation
 
-__all__ = ["Activation", "get_activation", "gauss_expect", "closed_form_expectation", "ACTIVATION_NAMES"]
+__all__ = ["Activation", "get_activation", "gauss_expect", "closed_form_expectation", "closed_form_pair",
+           "ACTIVATION_NAMES"]
 
 
 class _NP:  # numpy namespace with the special functions we need
@@ -277,7 +278,14 @@ def closed_form_expectation(act: Activation, K, derivs):
         if act.name == "sin" and d in (0, 1):
             return 0 * k if d == 0 else np.exp(-k / 2)
         return None
-    k11, k12, k22 = K[..., 0, 0], K[..., 0, 1], K[..., 1, 1]
+    return closed_form_pair(act, K[..., 0, 0], K[..., 0, 1], K[..., 1, 1], derivs)
+
+
+def closed_form_pair(act: Activation, k11, k12, k22, derivs):
+    """:func:`closed_form_expectation` for two samples with the kernel given by its entries k11, k12,
+    k22 (broadcastable arrays): no (..., 2, 2) array is formed (the kernel functions call this on
+    millions of pairs). Returns an array or None."""
+    k11, k12, k22 = np.broadcast_arrays(*(np.asarray(k, dtype=float) for k in (k11, k12, k22)))
     norm = np.sqrt(k11 * k22)
     rho = np.clip(np.divide(k12, norm, out=np.zeros_like(norm), where=norm > 0), -1.0, 1.0)
     d = tuple(derivs)

@@ -71,7 +71,7 @@ import numpy as np
 from numpy.polynomial.legendre import leggauss
 from scipy.special import ndtr, owens_t, roots_laguerre
 
-from .activations import closed_form_expectation, get_activation
+from .activations import closed_form_expectation, closed_form_pair, get_activation
 from .gaussian import gaussian_expectation, quadrature_nodes
 from .networks import MLP
 
@@ -220,6 +220,16 @@ def _pow(a, q):
     return a if q == 1 else a * _pow(a, q - 1)
 
 
+_BASE = 8  # factor code e = p + _BASE q stands for sigma^p sigma'^q at one sample (p, q < _BASE)
+
+
+def _fac(s, ds, e):
+    """sigma^p sigma'^q for the factor code e = p + _BASE q (e >= 1), given s = sigma, ds = sigma'."""
+    p, q = e % _BASE, e // _BASE
+    out = _pow(s, p) if p else None
+    return out if not q else _pow(ds(), q) if out is None else out * _pow(ds(), q)
+
+
 def _frame(Kb):
     """The rotated frame of blocks Kb (B, m, m) whose last sample is conditioned out: z_j = A_j . u
     (j < m - 1; A (B, d, d), d = m - 1, A_j zero beyond its first min(d + 1 - j, d) entries), and
@@ -249,9 +259,10 @@ def _conditioning_order(Kb, h):
 
 
 def _conditioned(act, Kb, pats, deg):
-    """<prod_i s(z_i)^p_i>_{Kb} for each power pattern p in pats (tuples of length m, a set closed
-    under permutations), blocks Kb (B, m, m), m = 2..4, smooth sigma, by conditioning on all samples
-    but one (module docstring). Returns (B, len(pats))."""
+    """<prod_i f_i(z_i)>_{Kb} for each pattern p in pats (tuples of length m of factor codes, f_i =
+    sigma^p sigma'^q for the code p_i = p + _BASE q; a set closed under permutations), blocks Kb
+    (B, m, m), m = 2..4, smooth sigma, by conditioning on all samples but one (module docstring).
+    Returns (B, len(pats))."""
     d, rule = Kb.shape[-1] - 1, _rule_name(act)
     n = {1: min(3 * deg // 2, 256), 2: deg, 3: deg // 2}[d]  # nodes per axis of the (m-1)-D grid
     x, w = _rule(n, rule)
@@ -273,17 +284,19 @@ def _conditioned(act, Kb, pats, deg):
 
     def chunk(Kb):
         A, r, sig = _frame(Kb)
-        s = [act.f(on_grid(A[:, j, :min(d + 1 - j, d)])) for j in range(d)]
-        sy = act.f((r[:, None] * x)[..., None] + sig[:, None, None] * y)
-        phi = {q: _pow(sy, q) @ wy for q in {p[-1] for p in pats}}
-        return np.stack([integrate([_pow(s[j], q) for j, q in enumerate(p[:-1])] + [phi[p[-1]]])
+        zs = [on_grid(A[:, j, :min(d + 1 - j, d)]) for j in range(d)]
+        s, ds = [act.f(z) for z in zs], [lru_cache(1)(lambda z=z: act.df(z)) for z in zs]
+        zy = (r[:, None] * x)[..., None] + sig[:, None, None] * y
+        sy, dsy = act.f(zy), lru_cache(1)(lambda: act.df(zy))
+        phi = {e: _fac(sy, dsy, e) @ wy for e in {p[-1] for p in pats}}
+        return np.stack([integrate([_fac(s[j], ds[j], e) for j, e in enumerate(p[:-1])] + [phi[p[-1]]])
                          for p in pats], -1)
 
     order = _conditioning_order(Kb, x[n // 2] - x[n // 2 - 1])
     Kb = np.take_along_axis(np.take_along_axis(Kb, order[:, :, None], 1), order[:, None, :], 2)
     step = max(1, _NODES // n ** d)
     out = np.concatenate([chunk(Kb[i:i + step]) for i in range(0, len(Kb), step)])
-    P, code = np.array(pats), 5 ** np.arange(d + 1)  # find each pattern in the reordered samples
+    P, code = np.array(pats), (_BASE * _BASE) ** np.arange(d + 1)  # find each pattern after reordering
     pos = np.searchsorted(np.sort(P @ code), P[:, order] @ code)  # (len(pats), B)
     return np.take_along_axis(out[:, np.argsort(P @ code)], pos.T, 1)
 
@@ -330,41 +343,72 @@ def _kinked_pair(kk, cp, cm, mx, my, sx, sy, rho):
     return out
 
 
+def _kinked_mixed(cp, cm, mx, my, sx, sy, rho):
+    """E[s(x) s'(y)] for s(z) = cp z^+ + cm (-z)^+ = c z^+ + a z (c = cp + cm, a = -cm), so
+    s'(y) = c theta(y) + a; (x, y) Gaussian (means, sds, corr). E[x^+ theta(y)] is the first
+    truncated moment of the bivariate normal over the positive quadrant."""
+    c, a = cp + cm, -cm
+    h, k = mx / sx, my / sy
+    q = np.sqrt(1 - rho * rho)
+    ph, pk = np.exp(-h * h / 2) / np.sqrt(2 * np.pi), np.exp(-k * k / 2) / np.sqrt(2 * np.pi)
+    xt = mx * _orthant(0, mx, my, sx, sy, rho) + sx * (ph * ndtr((k - rho * h) / q)
+                                                        + rho * pk * ndtr((h - rho * k) / q))
+    return (c * c * xt + c * a * _partial(1, mx, sx) + a * c * (mx * ndtr(k) + rho * sx * pk)
+            + a * a * mx)
+
+
 def _kinked_moments(act, Kb, pats):
-    """<prod_i s(z_i)^p_i> for kinked sigma and each power pattern p in pats (tuples of length m),
-    blocks Kb (B, m, m), m = 3, 4. Returns (B, len(pats)).
+    """<prod_i f_i(z_i)> for kinked sigma (k = 1 in _kinks: the scale-invariant family; or a step
+    function with sigma'-free codes) and each pattern p in pats (tuples of length m of factor codes,
+    f_i = sigma^p sigma'^q for p_i = p + _BASE q), blocks Kb (B, m, m), m = 3, 4. Returns
+    (B, len(pats)).
 
     Polar rule over (z_0, z_1), split at the kinks and at the zero lines of the conditional means;
-    the rest, Gaussian given (z_0, z_1), is integrated in closed form."""
+    the rest, Gaussian given (z_0, z_1), is integrated in closed form (m = 4: each remaining sample
+    carries one factor sigma or sigma')."""
     kk, cp, cm = _kinks(act)
     M = Kb[:, 2:, :2] @ np.linalg.pinv(Kb[:, :2, :2])  # conditional means M z
     z, w = _polar_nodes(Kb[:, :2, :2], radial="gl", lines=M)
     C = Kb[:, 2:, 2:] - M @ np.swapaxes(Kb[:, 2:, :2], 1, 2)
     mu = M[:, None, :, 0] * z[..., :1] + M[:, None, :, 1] * z[..., 1:]  # (B, P, m - 2)
     sd = np.sqrt(np.maximum(np.diagonal(C, axis1=1, axis2=2), 1e-30 * np.abs(Kb).max()))[:, None]
-    s = act.f(z)
-    if Kb.shape[-1] == 3:
-        rest = {e: cp ** e * _partial(kk * e, mu[..., 0], sd[..., 0])
-                + cm ** e * _partial(kk * e, -mu[..., 0], sd[..., 0]) for e in {p[2] for p in pats}}
+    s, ds = act.f(z), lru_cache(1)(lambda: act.df(z))
+    if Kb.shape[-1] == 3:  # s^p s'^q = cp^(p+q) (x^+)^p on x > 0, cm^p (-cm)^q ((-x)^+)^p on x < 0
+        m0, s0 = mu[..., 0], sd[..., 0]
+        rest = {e: cp ** (e % _BASE + e // _BASE) * _partial(kk * (e % _BASE), m0, s0)
+                + cm ** (e % _BASE) * (-cm) ** (e // _BASE) * _partial(kk * (e % _BASE), -m0, s0)
+                for e in {p[2] for p in pats}}
     else:
         rho = np.clip(C[:, 0, 1] / np.prod(sd[:, 0], -1), -1 + 1e-15, 1 - 1e-15)[:, None]
-        rest = {1: _kinked_pair(kk, cp, cm, mu[..., 0], mu[..., 1], sd[..., 0], sd[..., 1], rho)}
-    return np.stack([np.sum(_pow(s[..., 0], p[0]) * _pow(s[..., 1], p[1]) * rest[p[-1]] * w, -1)
-                     for p in pats], -1)
+        mx, my, sx, sy = mu[..., 0], mu[..., 1], sd[..., 0], sd[..., 1]
+        rest = {}
+        for e3, e4 in {p[2:] for p in pats}:
+            if e3 == e4 == 1:
+                rest[e3, e4] = _kinked_pair(kk, cp, cm, mx, my, sx, sy, rho)
+            elif e3 == e4 == _BASE:  # sigma' = cp theta(z) + (-cm) theta(-z): a step function
+                rest[e3, e4] = _kinked_pair(0, cp, -cm, mx, my, sx, sy, rho)
+            elif (e3, e4) == (1, _BASE):
+                rest[e3, e4] = _kinked_mixed(cp, cm, mx, my, sx, sy, rho)
+            else:
+                rest[e3, e4] = _kinked_mixed(cp, cm, my, mx, sy, sx, rho)
+    return np.stack([np.sum(_fac(s[..., 0], lambda: ds()[..., 0], p[0])
+                            * _fac(s[..., 1], lambda: ds()[..., 1], p[1])
+                            * rest[p[2] if len(p) == 3 else p[2:]] * w, -1) for p in pats], -1)
 
 
 # ----------------------------------------------------------------------------- Gaussian tensors
-def _s2(act, kd, ia, ib, k12, deg=DEG):
-    """<s_a s_b> for pairs with K_aa = kd[ia], K_bb = kd[ib], K_ab = k12 (ia, ib broadcast to
-    k12's shape); ia == ib must mean the same input. Closed form, else polar rule (kinked sigma),
-    else the Mehler series."""
-    if closed_form_expectation(act, np.eye(2)[None], (0, 0)) is None and _kinks(act) is None:
-        return _mehler(act, kd, ia, ib, k12, deg)
-    Kb = np.empty(k12.shape + (2, 2))
-    Kb[..., 0, 0], Kb[..., 0, 1], Kb[..., 1, 0], Kb[..., 1, 1] = kd[ia], k12, k12, kd[ib]
-    out = closed_form_expectation(act, Kb, (0, 0))
+def _s2(act, kd, ia, ib, k12, deg=DEG, d=0):
+    """<s_a s_b> (d = 0) or <s'_a s'_b> (d = 1) for pairs with K_aa = kd[ia], K_bb = kd[ib],
+    K_ab = k12 (ia, ib broadcast to k12's shape); ia == ib must mean the same input. Closed form,
+    else polar rule (kinked sigma), else the Mehler series."""
+    fn = act.df if d else act.f
+    if closed_form_expectation(act, np.eye(2)[None], (d, d)) is None and _kinks(act) is None:
+        return _mehler(act, kd, ia, ib, k12, deg, fn)
+    out = closed_form_pair(act, kd[ia], k12, kd[ib], (d, d))
     if out is None:
-        out = _expect(act, lambda z, s: act.f(z[..., 0]) * act.f(z[..., 1]), Kb.reshape(-1, 2, 2),
+        Kb = np.empty(k12.shape + (2, 2))
+        Kb[..., 0, 0], Kb[..., 0, 1], Kb[..., 1, 0], Kb[..., 1, 1] = kd[ia], k12, k12, kd[ib]
+        out = _expect(act, lambda z, s: fn(z[..., 0]) * fn(z[..., 1]), Kb.reshape(-1, 2, 2),
                       deg).reshape(k12.shape)
     return np.asarray(out, dtype=float)
 
@@ -395,15 +439,17 @@ def _horner(c, ia, ib, rho, n):
     return out
 
 
-def _mehler(act, kd, ia, ib, k12, deg):
-    """Mehler series <s_a s_b> = sum_j rho^j c_j(K_aa) c_j(K_bb), c_j(k) = <s(sqrt(k) x) He_j(x)>/sqrt(j!).
+def _mehler(act, kd, ia, ib, k12, deg, fn=None):
+    """Mehler series <s_a s_b> = sum_j rho^j c_j(K_aa) c_j(K_bb), c_j(k) = <s(sqrt(k) x) He_j(x)>/sqrt(j!)
+    (s = fn, default sigma; fn = sigma' gives <s'_a s'_b>).
 
     The error after term n is <= |rho|^{n+1} t_n(K_aa) t_n(K_bb) (Cauchy-Schwarz; tails t_n by
     Parseval). The series stops at the smallest n (step 8) leaving <= 0.5% of the pairs above the
     bound _MEHLER[2]; those get the full series and, if still above it, 2-D quadrature."""
     D, nmax, tol = _MEHLER
     x, w, He = _hermite(D, nmax)
-    sv = act.f(np.sqrt(kd)[:, None] * x)
+    fn = fn or act.f
+    sv = fn(np.sqrt(kd)[:, None] * x)
     c, s2 = (sv * w) @ He, (sv * sv) @ w
     tail = np.sqrt(np.maximum(s2[:, None] - np.cumsum(c * c, axis=1), 0))
     den = np.sqrt(kd[ia] * kd[ib])
@@ -425,7 +471,7 @@ def _mehler(act, kd, ia, ib, k12, deg):
     if np.any(bad):
         Kb = np.empty((bad.sum(), 2, 2))
         Kb[:, 0, 0], Kb[:, 0, 1], Kb[:, 1, 0], Kb[:, 1, 1] = kd[ia[bad]], k12[bad], k12[bad], kd[ib[bad]]
-        out[bad] = _expect(act, lambda z, s: act.f(z[..., 0]) * act.f(z[..., 1]), Kb, deg)
+        out[bad] = _expect(act, lambda z, s: fn(z[..., 0]) * fn(z[..., 1]), Kb, deg)
     return out
 
 
@@ -475,14 +521,15 @@ _HE = (lambda x: 1.0 + 0 * x, lambda x: x, lambda x: x * x - 1, lambda x: x ** 3
        lambda x: x ** 4 - 6 * x * x + 3)  # probabilists' Hermite polynomials He_0..He_4
 
 
-def _pair_hq(act, Kb, deg, fourth):
+def _pair_hq(act, Kb, deg, fourth, fn=None):
     """H (B, 2, 2) and Q (B, 2, 2, 2, 2) (None unless fourth) of 2-sample blocks Kb (B, 2, 2) in
     z-form: H = <s s He2(w; B^-1)>, Q = <s s He4(w; B^-1)>, w = B^-1 z.
 
     With z = A u (Cholesky, u standard normal), w = A^-T u and the Hermite tensors transform
     covariantly, He_k(w; B^-1) = (A^-T)^(x k) He_k(u; 1), whose entries are products
     He_i(u_1) He_j(u_2) (i + j = k, j = number of indices equal to 2): k + 1 scalar moments each.
-    Nodes: the polar rule (kinked sigma) or the Cholesky-mapped tensor grid."""
+    Nodes: the polar rule (kinked sigma) or the Cholesky-mapped tensor grid. fn: s (default sigma;
+    sigma' gives the same tensors of s' s')."""
     A = _chol(Kb)
     if _kinks(act) is None:
         u, w = quadrature_nodes(2, deg, _rule_name(act))
@@ -490,7 +537,7 @@ def _pair_hq(act, Kb, deg, fourth):
     else:
         z, w = _polar_nodes(Kb)
         u = np.einsum("bij,bpj->bpi", np.linalg.inv(A), z)
-    s = act.f(z)
+    s = (fn or act.f)(z)
     ssw = s[..., 0] * s[..., 1] * w
     M = np.swapaxes(np.linalg.inv(A), 1, 2)  # w = M u
 
@@ -685,34 +732,50 @@ def preactivation_flow(net: MLP, X, *, nlo: bool = True, deg: int = DEG) -> Flow
     return Flow(net, X, K, V, G1)
 
 
-def kernel_fn(net: MLP, X1, X2=None, layers=None, *, deg: int = DEG):
-    """Infinite-width kernel K^(l)(x1, x2) between two sets of inputs, eqs. (4.8), (4.118).
+def kernel_fn(net: MLP, X1, X2=None, layers=None, *, get="nngp", deg: int = DEG):
+    """Infinite-width kernels between two sets of inputs: the kernel K^(l)(x1, x2) (get="nngp"; eqs.
+    (4.8), (4.118)) and/or the NTK mean H^(l)(x1, x2) (get="ntk"; eqs. (8.23), (8.63) with the net's
+    lambda_b, lambda_W / n_{l-1}), like neural-tangents' kernel_fn(get=('nngp', 'ntk')).
 
-    Every entry needs only its own 2x2 kernel, so the recursion runs elementwise over all pairs at
-    once: closed forms (linear, ReLU family, erf, sin), else a Mehler series with error bound 1e-12
-    per layer (2-D quadrature fallback). X1 (N1, n_0); X2 (N2, n_0) or None (X2 = X1, symmetric).
-    layers: None (output layer L) or an int -> array (N1, N2); an iterable of layers in 1..L ->
-    dict {l: (N1, N2)}. Raises TypeError / ValueError for a bad net, inputs or layers."""
+    Every entry needs only its own 2x2 kernel, so the recursions run elementwise over all pairs at
+    once: closed forms for <s s>, <s' s'> (linear, ReLU family, erf, sin), else Mehler series with
+    error bound 1e-12 per layer (2-D quadrature fallback). X1 (N1, n_0); X2 (N2, n_0) or None (X2 = X1,
+    symmetric). layers: None (output layer L) or an int -> array (N1, N2); an iterable of layers in
+    1..L -> dict {l: (N1, N2)}. get: "nngp", "ntk", or a tuple of them -> a tuple of such results in
+    that order. Raises TypeError / ValueError for a bad net, inputs, layers or get, and ValueError for
+    the NTK of an activation whose derivative is a delta function (perceptron)."""
     X1, deg = _inputs(net, X1, "X1"), _deg(deg)
     X2, sym = (X1, True) if X2 is None else (_inputs(net, X2, "X2"), False)
     single = layers is None or isinstance(layers, (int, np.integer))
     want = {net.L if layers is None else int(layers)} if single else {int(l) for l in layers}
     if not want or min(want) < 1 or max(want) > net.L:
         raise ValueError(f"layers must lie in 1..L={net.L}, got {layers!r}")
+    gets = (get,) if isinstance(get, str) else tuple(get)
+    if not gets or any(g not in ("nngp", "ntk") for g in gets):
+        raise ValueError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}")
+    ntk = "ntk" in gets
     act, N1 = net.activation, len(X1)
+    if ntk and not act.smooth and not act.scale_invariant:
+        raise ValueError(f"the NTK needs sigma' as a function; that of {act.name} is a delta function")
     Xs = X1 if sym else np.concatenate([X1, X2])
-    kd = net.C_b[0] + net.C_W[0] * np.einsum("ai,ai->a", Xs, Xs) / net.widths[0]
-    K12 = net.C_b[0] + net.C_W[0] * (X1 @ X2.T) / net.widths[0]
+    xd, x12 = np.einsum("ai,ai->a", Xs, Xs) / net.widths[0], (X1 @ X2.T) / net.widths[0]
+    kd, K12 = net.C_b[0] + net.C_W[0] * xd, net.C_b[0] + net.C_W[0] * x12
+    hd, H12 = net.lambda_b[0] + net.lambda_W[0] * xd, net.lambda_b[0] + net.lambda_W[0] * x12
     ia, ib, dg = np.arange(N1)[:, None], (0 if sym else N1) + np.arange(len(X2)), np.arange(len(kd))
     out = {}
     for l in range(1, max(want) + 1):
         if sym:  # the same numbers for a repeated input (near rho = 1 errors grow like sqrt)
-            K12[dg, dg] = kd
+            K12[dg, dg], H12[dg, dg] = kd, hd
         if l in want:
-            out[l] = K12
+            out[l] = tuple({"nngp": K12, "ntk": H12}[g] for g in gets)
         if l < max(want):
-            cb, cw = net.C_b[l], net.C_W[l]
-            K12, kd = cb + cw * _s2(act, kd, ia, ib, K12, deg), cb + cw * _s2(act, kd, dg, dg, kd, deg)
+            cb, cw, lb, lw = net.C_b[l], net.C_W[l], net.lambda_b[l], net.lambda_W[l]
+            S12, sd = _s2(act, kd, ia, ib, K12, deg), _s2(act, kd, dg, dg, kd, deg)
+            if ntk:
+                H12 = lb + lw * S12 + cw * _s2(act, kd, ia, ib, K12, deg, d=1) * H12
+                hd = lb + lw * sd + cw * _s2(act, kd, dg, dg, kd, deg, d=1) * hd
+            K12, kd = cb + cw * S12, cb + cw * sd
+    out = {l: v if len(gets) > 1 or not isinstance(get, str) else v[0] for l, v in out.items()}
     return out[max(want)] if single else out
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .gaussian import connected_from_moments
 
-__all__ = ["mean_se", "jackknife", "cumulant", "neuron_moments"]
+__all__ = ["mean_se", "jackknife", "cumulant", "neuron_moments", "ntk_moments"]
 
 
 def _ensemble_array(x, name="x", min_len=2):
@@ -129,3 +129,88 @@ def neuron_moments(z):
     s2 = z2.sum(1)
     return {"G2": s2 / n, "O": s2 / n, "G4": (s2**2 - (z2**2).sum(1)) / (n * (n - 1)),
             "G6": (z2**3).mean(1) / 15.0}
+
+
+def _pair_mean(Pa, Pb):
+    """mean over ordered pairs i != j of Pa[:, i, p] Pb[:, j, q]: (M, n, P), (M, n, Q) -> (M, P, Q)."""
+    n = Pa.shape[1]
+    full = Pa.sum(1)[:, :, None] * Pb.sum(1)[:, None, :]
+    return (full - np.swapaxes(Pa, 1, 2) @ Pb) / (n * (n - 1))
+
+
+def ntk_moments(Z, H, n_prev, n_batches: int = 50) -> dict:
+    """NTK-preactivation statistics of the output layer estimated from an ensemble of real networks.
+
+    ``Z`` (M, N, n_L) output preactivations and ``H`` (M, n_L, n_L, N, N) output NTKs
+    H[m, i1, i2, a1, a2], as returned by :func:`dlt.networks.ntk_ensemble`; ``n_prev`` = n_{L-1},
+    the width that normalizes the 1/n tensors of (8.67) and (8.82). With n = n_prev and neurons
+    i != j (book ch. 8, spec item 13):
+
+    * ``K[a1,a2]``        = E z_{i;a1} z_{i;a2}                                  (kernel, with its 1/n part)
+    * ``H[a1,a2]``        = E H_{ii;a1a2}                                        (NTK mean (8.58))
+    * ``V[a1,a2,a3,a4]``  = n Cov(z_{i;a1} z_{i;a2}, z_{j;a3} z_{j;a4})          (four-point vertex (4.40))
+    * ``D[a1,a2,a3,a4]``  = n Cov(z_{i;a1} z_{i;a2}, H_{jj;a3a4})                (8.67)
+    * ``F[a1,a3,a2,a4]``  = n E[z_{i;a1} z_{j;a2} H_{ij;a3a4}]                   (8.67), stored [a1,a3,a2,a4]
+    * ``A[a1,a2,a3,a4]``  = n Cov(H_{ii;a1a2}, H_{jj;a3a4})                      (8.82)
+    * ``B[a1,a3,a2,a4]``  = n E[H_{ij;a1a2} H_{ij;a3a4}]                         (8.82), stored [a1,a3,a2,a4]
+
+    The layouts are those of :class:`dlt.ntk.NTKFlow`. Expectations over neuron pairs are averaged
+    over all ordered pairs i != j inside each network (all-pairs sums minus the diagonal, no loop
+    over neurons), and the standard errors are taken across networks, the independent draws: the
+    plain standard error for the means K, H, F, B and a delete-one-batch jackknife (``n_batches``
+    batches, see :func:`jackknife`) for the covariances V, D, A. Single-input checks of the diagonal:
+    n Var(H_ii) = A + 2B and n Cov(z_i^2, H_ii) = D + 2F.
+
+    Returns ``{key: (value, se)}`` for the keys K, H (arrays (N, N)) and V, D, F, B, A (arrays
+    (N, N, N, N)). Raises ``ValueError`` for n_L < 2 (the estimators need two distinct neurons),
+    fewer than two networks, shapes that do not match, a non-positive ``n_prev`` or a bad
+    ``n_batches``.
+    """
+    Z = np.asarray(Z, dtype=float)
+    H = np.asarray(H, dtype=float)
+    if Z.ndim != 3:
+        raise ValueError(f"Z must have shape (n_ens, N_D, n_L), got {Z.shape}")
+    M, N, nL = Z.shape
+    if H.shape != (M, nL, nL, N, N):
+        raise ValueError(f"H must have shape (n_ens, n_L, n_L, N_D, N_D) = {(M, nL, nL, N, N)} to match "
+                         f"Z {Z.shape}, got {H.shape}")
+    if nL < 2:
+        raise ValueError(f"ntk_moments needs n_L >= 2 output neurons (pairs i != j), got n_L = {nL}")
+    if M < 2:
+        raise ValueError(f"need at least 2 networks for standard errors, got {M}")
+    if isinstance(n_prev, bool) or not isinstance(n_prev, (int, np.integer, float)) or not n_prev > 0:
+        raise ValueError(f"n_prev must be a positive width n_(L-1), got {n_prev!r}")
+    if isinstance(n_batches, bool) or not isinstance(n_batches, (int, np.integer)) or not 2 <= n_batches <= M:
+        raise ValueError(f"need 2 <= n_batches <= number of networks ({M}), got {n_batches!r}")
+    n, N2 = float(n_prev), N * N
+    P = (Z[:, :, None, :] * Z[:, None, :, :]).reshape(M, N2, nL).transpose(0, 2, 1)  # z_{i;a1} z_{i;a2}
+    Q = np.diagonal(H, axis1=1, axis2=2).reshape(M, N2, nL).transpose(0, 2, 1)        # H_{ii;a1a2}
+    Hf = H.reshape(M, nL * nL, N2)
+    out = {"K": mean_se(P.mean(1).reshape(M, N, N)), "H": mean_se(Q.mean(1).reshape(M, N, N))}
+
+    # B: n E[H_ij;12 H_ij;34] over i != j, per network: all pairs minus the diagonal i = j
+    Bm = (np.swapaxes(Hf, 1, 2) @ Hf - np.swapaxes(Q, 1, 2) @ Q) / (nL * (nL - 1))
+    # F: n E[z_i;1 z_j;2 H_ij;34]: sum_ij Z_1i Z_2j H_ij;34 minus the i = j terms
+    Zt = np.swapaxes(Z, 1, 2)                                                            # (M, n_L, N)
+    ZZ = (Zt[:, :, None, :, None] * Zt[:, None, :, None, :]).reshape(M, nL * nL, N2)   # z_i;1 z_j;2
+    Fm = (np.swapaxes(ZZ, 1, 2) @ Hf - np.swapaxes(P, 1, 2) @ Q) / (nL * (nL - 1))
+    for key, m in (("B", Bm), ("F", Fm)):
+        val, se = mean_se(n * m.reshape(M, N, N, N, N))
+        out[key] = (val.transpose(0, 2, 1, 3), se.transpose(0, 2, 1, 3))             # -> [a1,a3,a2,a4]
+
+    # V, D, A: n [E(X_i Y_j) - E X E Y]; jackknife over batch sums of the per-network estimators
+    edges = np.linspace(0, M, n_batches + 1).astype(int)[:-1]
+    sums = {name: np.add.reduceat(arr.reshape(M, -1), edges, axis=0) for name, arr in
+            (("PP", _pair_mean(P, P)), ("PQ", _pair_mean(P, Q)), ("QQ", _pair_mean(Q, Q)),
+             ("P", P.mean(1)), ("Q", Q.mean(1)))}
+    counts = np.diff(np.r_[edges, M]).astype(float)[:, None]
+
+    def cov(pair, a, b):
+        def est(c, s_pair, s_a, s_b):
+            tot = c.sum()
+            return n * (s_pair.sum(0) / tot - np.outer(s_a.sum(0) / tot, s_b.sum(0) / tot).ravel())
+        val, se = jackknife(est, counts, sums[pair], sums[a], sums[b], n_batches=n_batches)
+        return val.reshape((N,) * 4), se.reshape((N,) * 4)
+
+    out["V"], out["D"], out["A"] = cov("PP", "P", "P"), cov("PQ", "P", "Q"), cov("QQ", "Q", "Q")
+    return {k: out[k] for k in ("K", "H", "V", "D", "F", "B", "A")}

@@ -1,4 +1,4 @@
-"""Criticality of the preactivation kernel for any activation (book chapter 5).
+"""Criticality of the preactivation kernel for any activation (book chapter 5) and of the NTK (chapter 9).
 
 Single-input helpers, all vectorized over the kernel value K (any array shape; K >= 0):
 
@@ -34,6 +34,16 @@ sigma_1^2 + sigma_0 sigma_2 (not + 2 sigma_0 sigma_2); the renormalized NLO-metr
 (5.143) is gamma = (84 a1^2 - 90 a1 b1 - a2) / (3 a1^3) (tanh: 89/72, printed 13/12).
 
 Flows are indexed by the book's layer index: entry l of a returned array is layer l; entry 0 is nan.
+
+Chapter 9 (single-input NTK at criticality; the multi-input recursions live in :mod:`dlt.ntk`):
+critical exponents of the frozen NTK Theta, the cross-correlations D, F and the NTK variance A, B with
+their scaling laws (9.27) (:func:`ntk_exponents`); the formal solution (9.28) of the frozen-NTK
+recursion (9.6) (:func:`frozen_ntk_formal`); the exact scale-invariant solutions (9.42)-(9.52)
+(:func:`scale_invariant_ntk`) and the K* = 0 asymptotics (9.65)-(9.86) (:func:`kstar0_ntk_asymptotics`);
+the chain-rule factor prod chi_perp of the exploding/vanishing gradient problem (9.90)-(9.93)
+(:func:`gradient_factor`) and the equivalence-principle learning rates (9.94)-(9.96)
+(:func:`equivalence_learning_rates`). Per-layer inputs and outputs of these functions are arrays (L,)
+with entry l-1 = layer l (the layout of dlt.networks.MLP's lambda_b, lambda_W), stated in each docstring.
 """
 from __future__ import annotations
 
@@ -56,6 +66,8 @@ __all__ = [
     "gamma_basis", "gamma_project", "gamma_compose", "delta_initial", "delta_recursions",
     "delta_expectation", "scale_invariant_two_input", "scale_invariant_step", "angle_recursion",
     "angle_asymptotics", "small_angle_step", "ddK2_step", "crossover_depth",
+    "ntk_exponents", "equivalence_learning_rates", "frozen_ntk_formal", "scale_invariant_ntk",
+    "kstar0_ntk_asymptotics", "gradient_factor",
 ]
 
 METHODS = ("auto", "gh", "trapezoid", "quad")
@@ -984,3 +996,294 @@ def crossover_depth(rho, psi1=None, K0=None, K2=None):
     if K0 is None or K2 is None:
         raise ValueError("give psi1, or both K0 = K_[0] and K2 = K_[2] at layer 1")
     return _out(1.5 / rho * np.sqrt(_kernel(K0, "K0") / _kernel(K2, "K2", positive=True)))
+
+
+# ----------------------------------------------------------------------------- chapter 9: the NTK
+_NTK_CLASS_ALIASES = {"scale-invariant": "scale-invariant", "scale_invariant": "scale-invariant",
+                      "K*=0": "K*=0", "k0": "K*=0"}
+
+
+def _ntk_class(cls):
+    if not isinstance(cls, str) or cls not in _NTK_CLASS_ALIASES:
+        raise ValueError(f"cls must be 'scale-invariant' or 'K*=0' (the names classify() returns; aliases "
+                         f"'scale_invariant', 'k0'), got {cls!r}; the half-stable class and 'none' have "
+                         "no chapter-9 scaling solution")
+    return _NTK_CLASS_ALIASES[cls]
+
+
+def _real(x, name, nonneg=False):
+    if isinstance(x, np.ndarray) and x.ndim == 0:
+        x = x[()]
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    x = float(x)
+    if not np.isfinite(x) or (nonneg and x < 0):
+        raise ValueError(f"{name} must be a finite number{' >= 0' if nonneg else ''}, got {x}")
+    return x
+
+
+def _p_perp(p_perp):
+    if p_perp is None:
+        raise ValueError("the K*=0 class needs p_perp = b1/a1 (5.99): 1 for tanh and sin; "
+                         "k0_coefficients(act) gives (a1, a2, b1)")
+    return _real(p_perp, "p_perp")
+
+
+def ntk_exponents(cls, p_perp=None) -> dict:
+    """Critical exponents O ~ l^(-p_O) (9.22) of the single-input NTK statistics at criticality.
+
+    cls: 'scale-invariant' or 'K*=0' (the names :func:`classify` returns; 'scale_invariant' and 'k0'
+    are accepted too). Returns a dict of floats p0 (kernel), pV (four-point vertex), pTheta (frozen
+    NTK), pD, pF (NTK-preactivation cross-correlations), pA, pB (NTK variance):
+      scale-invariant (9.53): p0 = 0, pV = -1, pTheta = -1, pD = pF = -2, pA = pB = -3;
+      K*=0 (9.72), text after (9.86): p0 = 1, pV = 1, pTheta = pD = pF = p_perp - 1,
+                                      pA = pB = 2 p_perp - 3,
+    for the learning rates of (9.44) (uniform) and (9.70) (lambda_b ~ l^-p_perp, lambda_W ~ l^(1-p_perp))
+    respectively. They obey the scaling laws (9.27) pA - 2 pTheta = pB - 2 pTheta = pD - pTheta - p0
+    = pF - pTheta - p0 = -1 (and pV - 2 p0 = -1, (5.129)): every normalized NTK statistic grows like l/n.
+    p_perp = b1/a1 (5.99) is required for 'K*=0' (1 for tanh, sin) and ignored for 'scale-invariant'
+    (chi_perp = 1 exactly). Raises ValueError for another class or a missing/non-finite p_perp.
+    """
+    c = _ntk_class(cls)
+    if c == "scale-invariant":
+        return dict(p0=0.0, pV=-1.0, pTheta=-1.0, pD=-2.0, pF=-2.0, pA=-3.0, pB=-3.0)
+    p = _p_perp(p_perp)
+    return dict(p0=1.0, pV=1.0, pTheta=p - 1, pD=p - 1, pF=p - 1, pA=2 * p - 3, pB=2 * p - 3)
+
+
+def equivalence_learning_rates(cls, L, lt_b, lt_W, p_perp=1.0):
+    """Per-layer learning rates of the equivalence principle (§9.4): every layer and both parameter
+    groups contribute parametrically equally to the frozen NTK, and Theta^(L) is O(1) in L.
+
+      scale-invariant (9.94): lambda_b^(l) = lt_b / L,  lambda_W^(l) = lt_W / L;
+      K*=0 (9.95):            lambda_b^(l) = lt_b l^(-p_perp) L^(p_perp - 1),
+                              lambda_W^(l) = lt_W (L/l)^(p_perp - 1);
+      K*=0, p_perp = 1 (tanh, sin) (9.96): lambda_b^(l) = lt_b / l,  lambda_W^(l) = lt_W.
+    At scale-invariant criticality this gives exactly Theta^(L) = lt_b + lt_W A2 K* for every L; in the
+    K*=0 class Theta^(L) -> lt_b + lt_W sigma_1^2/(-a1) (9.71) at large L (1.5 for tanh, lt = (1, 1)).
+    The per-weight step is eta lambda_W^(l) / n_{l-1} (8.6), with n_0 in the first layer.
+
+    cls: 'scale-invariant' or 'K*=0' (see :func:`ntk_exponents`); L: depth >= 1; lt_b, lt_W >= 0:
+    the depth-independent rates; p_perp = b1/a1 (only used for 'K*=0').
+    Returns (lam_b, lam_W), arrays of shape (L,) with entry l-1 = layer l (l = 1..L, the layer that
+    owns the parameters), the layout of :class:`dlt.networks.MLP`'s lambda_b / lambda_W.
+    Raises ValueError for an unknown class, L < 1, negative or non-finite rates, a non-finite p_perp.
+    """
+    c, L = _ntk_class(cls), _layers(L)
+    lt_b, lt_W = _real(lt_b, "lt_b", nonneg=True), _real(lt_W, "lt_W", nonneg=True)
+    if c == "scale-invariant":
+        return np.full(L, lt_b / L), np.full(L, lt_W / L)
+    p = _p_perp(p_perp)
+    l = np.arange(1, L + 1, dtype=float)
+    return lt_b * l**-p * float(L) ** (p - 1), lt_W * (L / l) ** (p - 1)
+
+
+def _vector(x, name, n=None, nonneg=False):
+    try:
+        x = np.asarray(x, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a 1-D array of real numbers") from None
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {x.shape}")
+    if n is not None and x.size not in n:
+        raise ValueError(f"{name} must have length {' or '.join(map(str, n))}, got {x.size}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} must be finite")
+    if nonneg and np.any(x < 0):
+        raise ValueError(f"{name} must be >= 0, got min {x.min():g}")
+    return x
+
+
+def frozen_ntk_formal(lam_b, lam_W, g_prev, chi_perp, contributions=False):
+    """Frozen NTK from the formal solution (9.28) of the single-input recursion (9.6)-(9.7):
+
+      Theta^(l) = sum_{l'=1}^{l} [lambda_b^(l') + lambda_W^(l') g^(l'-1)] prod_{l''=l'}^{l-1} chi_perp^(l'').
+
+    Index conventions (all 1-D, entry l-1 = layer l, as in :class:`dlt.networks.MLP`):
+      lam_b, lam_W (L,): lam_b[l-1] = lambda_b^(l), the rates of the parameters of layer l (>= 0);
+      g_prev (L,):       g_prev[l-1] = g^(l-1) = g(K^(l-1)) = <sigma^2>_{K^(l-1)}, with
+                         g^(0) = |x|^2 / n_0 (the first layer sees the input, (9.7));
+      chi_perp (L,) or (L-1,): chi_perp[l-1] = chi_perp^(l) = C_W <sigma'^2>_{K^(l)}; only
+                         chi_perp^(1..L-1) enter, an L-th entry is ignored.
+    The product is the chain-rule factor of (9.30), (9.93) from layer l' to layer l.
+    Returns Theta (L,), Theta[l-1] = Theta^(l); with contributions=True also the (L, L) lower-triangular
+    matrix C[l-1, l'-1] = contribution of the parameters of layer l' to Theta^(l) (rows sum to Theta;
+    C[L-1] / Theta[L-1] are the per-layer shares of the output NTK; memory L^2 floats).
+    Raises ValueError for empty, non-finite or mismatched inputs, negative rates or g, chi_perp < 0;
+    TypeError for non-numeric input.
+    """
+    lam_b = _vector(lam_b, "lam_b", nonneg=True)
+    L = lam_b.size
+    lam_W = _vector(lam_W, "lam_W", (L,), nonneg=True)
+    g_prev = _vector(g_prev, "g_prev", (L,), nonneg=True)
+    if L == 1 and np.asarray(chi_perp).size == 0:
+        chi = np.zeros(0)
+    else:
+        chi = _vector(chi_perp, "chi_perp", (L, L - 1) if L > 1 else (1,), nonneg=True)[: L - 1]
+    c = lam_b + lam_W * g_prev            # additive contribution of layer l'
+    theta = np.empty(L)
+    C = np.zeros((L, L)) if contributions else None
+    prod = np.zeros(0)                    # prod[l'-1] = prod_{l''=l'}^{l-1} chi^(l'') for l' < l
+    for l in range(1, L + 1):
+        if l > 1:
+            prod = np.append(prod * chi[l - 2], chi[l - 2])
+        row = np.append(prod, 1.0) * c[:l]
+        theta[l - 1] = row.sum()
+        if contributions:
+            C[l - 1, :l] = row
+    return (theta, C) if contributions else theta
+
+
+def _ell(ell, integer=False):
+    try:
+        ell = np.asarray(ell, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError("ell must be a number or an array of numbers (layer indices)") from None
+    if np.any(~np.isfinite(ell)) or np.any(ell < 1):
+        raise ValueError("ell must be finite and >= 1 (the book's layer index)")
+    if integer and np.any(ell != np.round(ell)):
+        raise ValueError("ell must hold integers (layers l = 1, 2, ...): the exact sums are over layers")
+    return ell
+
+
+def scale_invariant_ntk(ell, a_plus, a_minus, lam_b, lam_W, K_star) -> dict:
+    """Exact single-input NTK statistics at scale-invariant criticality C_b = 0, C_W = 1/A2 (9.40),
+    with uniform learning rates lambda_b, lambda_W (§9.2).
+
+    sigma = a_plus z (z >= 0), a_minus z (z < 0) (9.31); A2, A4 from (9.39) (a_plus may instead be a
+    scale-invariant activation, then a_minus is ignored); r = A4/A2^2, theta1 = lambda_b + lambda_W A2 K*,
+    K* = |x|^2/(n_0 A2) (9.41) the (layer-independent) kernel. The exact solutions of (9.6) and
+    (9.45)-(9.48) from V = D = F = B = A = 0 at l = 1 (9.17):
+      V     = (l-1)(3r-1) K*^2                                                    (9.42)
+      Theta = theta1 l                                                            (9.44)
+      D     = l(l-1)/2 d,  d = (r-1) lambda_b K* + (4r-2) lambda_W A2 K*^2           (9.49)
+      F     = l(l-1)/2 r theta1 K*                                                (9.50)
+      B     = l(l-1)(2l-1)/6 r theta1^2                                           (9.51)
+      A     = [(lambda_W A2)^2 (3r-1) K*^2 + 2(r-1) lambda_W A2 K* theta1] l(l-1)/2
+              + lambda_W A2 d l(l-1)(l-2)/3 + (r-1) theta1^2 l(l-1)(2l-1)/6       ((9.48) summed exactly)
+      A_leading = l^3/3 [(r-1) lambda_b^2 + 3(r-1) lambda_b lambda_W A2 K* + (5A4 - 3A2^2) lambda_W^2 K*^2]
+                                                                                  (9.52, leading term)
+    ell: integer layer(s) >= 1 (scalar or array). Returns a dict K, V, Theta, D, F, B, A, A_leading of
+    floats / arrays of ell's shape (all normalized as in (8.67), (8.82): the tensors carry 1/n_{l-1}).
+    Raises ValueError for non-integer or < 1 layers, a+ = a- = 0, negative rates or K* < 0.
+    """
+    ell = _ell(ell, integer=True)
+    A2, A4, _ = scale_invariant_constants(a_plus, a_minus)
+    lb, lw = _real(lam_b, "lam_b", nonneg=True), _real(lam_W, "lam_W", nonneg=True)
+    Ks = _real(K_star, "K_star", nonneg=True)
+    r, th1, l = A4 / A2**2, lb + lw * A2 * Ks, ell
+    d = (r - 1) * lb * Ks + (4 * r - 2) * lw * A2 * Ks**2
+    s1, s2, s3 = l * (l - 1) / 2, l * (l - 1) * (2 * l - 1) / 6, l * (l - 1) * (l - 2) / 3
+    out = {
+        "K": Ks + 0 * l,
+        "V": (l - 1) * (3 * r - 1) * Ks**2,
+        "Theta": th1 * l,
+        "D": s1 * d,
+        "F": s1 * r * th1 * Ks,
+        "B": s2 * r * th1**2,
+        "A": ((lw * A2) ** 2 * (3 * r - 1) * Ks**2 + 2 * (r - 1) * lw * A2 * Ks * th1) * s1
+        + lw * A2 * d * s3 + (r - 1) * th1**2 * s2,
+        "A_leading": l**3 / 3 * ((r - 1) * lb**2 + 3 * (r - 1) * lb * lw * A2 * Ks
+                                 + (5 * A4 - 3 * A2**2) * lw**2 * Ks**2),
+    }
+    return {k: _out(v) for k, v in out.items()}
+
+
+def kstar0_ntk_asymptotics(ell, act, lt_b, lt_W) -> dict:
+    """Leading large-depth single-input NTK statistics of the K*=0 class at criticality C_b = 0,
+    C_W = 1/sigma_1^2 (9.56), with the learning rates lambda_b^(l) = lt_b l^-p_perp,
+    lambda_W^(l) = lt_W l^(1-p_perp) (9.70) (l: the layer that owns the parameters, from 1):
+
+      K     = 1/((-a1) l)                              (9.65)
+      V     = 2/(3 a1^2 l)                             (9.66)
+      Theta = Lam l^(1-p_perp)                         (9.71)
+      F     = Lam/((5-p_perp)(-a1)) l^(1-p_perp)       (9.81)
+      B     = Lam^2/3 l^(3-2p_perp)                    (9.82)
+      D     = -2 Lam'/(9(-a1)) l^(1-p_perp)            (9.84)   (negative for tanh: never take its log)
+      A     = 4 Lam'^2/27 l^(3-2p_perp)                (9.86)
+    with a1, b1 from (9.60)-(9.61) (:func:`k0_coefficients`), p_perp = b1/a1 (5.99),
+    Lam = lt_b + lt_W sigma_1^2/(-a1) and Lam' = p_perp lt_b + (p_perp - 1) lt_W sigma_1^2/(-a1). For
+    p_perp = 1 (tanh, sin) D and A do not depend on lt_W (footnote 4). Relative corrections are
+    O(log l / l): measured <= 0.5% at l = 1e4 for tanh and sin (K1 = 1), 1.4% for z + z^2/2 - z^3/3;
+    finite-depth values come from iterating (9.6), (9.13)-(9.16) (dlt.ntk). Higher orders of K and V:
+    :func:`k0_asymptotics`. Avoid rates with Lam' ~ 0, where D and A converge very slowly.
+
+    act: an activation (name, Activation or jax callable) or its Taylor data (sigma_0, sigma_1, ...)
+    (5.80), from which sigma_1..sigma_3 are used; ell: depth(s) >= 1 (array); lt_b, lt_W >= 0.
+    Returns a dict of K, V, Theta, D, F, B, A (floats / arrays of ell's shape) and the scalars p_perp,
+    a1, b1, Lambda, Lambda_prime.
+    Raises ValueError for an activation outside the K*=0 class: scale-invariant or kinked, sigma_0 != 0
+    or sigma_1 = 0 (no K* = 0 fixed point, (9.55)), a1 >= 0 (K* = 0 not attracting; the footnote-19
+    case a1 = 0 has other exponents), p_perp >= 5 (F is then dominated by its homogeneous l^-4 solution);
+    and for bad ell or rates.
+    """
+    ell = _ell(ell)
+    lt_b, lt_W = _real(lt_b, "lt_b", nonneg=True), _real(lt_W, "lt_W", nonneg=True)
+    if isinstance(act, (list, tuple, np.ndarray)):
+        t = np.zeros(6)
+        tt = np.asarray(act, dtype=float).ravel()[:6]
+        t[: tt.size] = tt
+        name = "the given Taylor series"
+    else:
+        act = _act(act)
+        name = act.name
+        if act.scale_invariant:
+            raise ValueError(f"{name} is in the scale-invariant class, not K*=0: use scale_invariant_ntk")
+        t = taylor_coefficients(act, 5)        # raises for the perceptron
+    if t[0] != 0 or t[1] == 0:
+        raise ValueError(f"{name} is not in the K*=0 class: it needs sigma(0) = 0 and sigma'(0) != 0 (9.55), "
+                         f"got sigma_0 = {t[0]:g}, sigma_1 = {t[1]:g}")
+    a1, _, b1 = k0_coefficients(t)
+    if not a1 < 0:
+        raise ValueError(f"{name} is not in the K*=0 class: the fixed point K* = 0 attracts only for "
+                         f"-a1 > 0 (5.92), got a1 = {a1:g}")
+    p, ma1, s12 = b1 / a1, -a1, t[1] ** 2
+    if p >= 5:
+        raise ValueError(f"p_perp = {p:g} >= 5: the asymptotic form (9.81) of F does not apply")
+    lam = lt_b + lt_W * s12 / ma1
+    lamp = p * lt_b + (p - 1) * lt_W * s12 / ma1
+    l = ell
+    out = {
+        "K": 1 / (ma1 * l),
+        "V": 2 / (3 * a1**2 * l),
+        "Theta": lam * l ** (1 - p),
+        "D": -2 * lamp / (9 * ma1) * l ** (1 - p),
+        "F": lam / ((5 - p) * ma1) * l ** (1 - p),
+        "B": lam**2 / 3 * l ** (3 - 2 * p),
+        "A": 4 * lamp**2 / 27 * l ** (3 - 2 * p),
+    }
+    out = {k: _out(v) for k, v in out.items()}
+    out.update(p_perp=p, a1=a1, b1=b1, Lambda=lam, Lambda_prime=lamp)
+    return out
+
+
+def gradient_factor(act, C_b, C_W, K1, L, method="auto", deg=DEG) -> np.ndarray:
+    """Leading-order chain-rule factor of the exploding/vanishing gradient problem (§9.4):
+
+      E (1/n_L) sum_{i,j} (dz^(L)_i / dz^(l)_j)^2 = prod_{l''=l}^{L-1} chi_perp(K^(l''))   (9.90), (9.93),
+
+    i.e. the product of (9.30) that multiplies layer l's contribution to the frozen NTK (9.28). The
+    kernel follows the chapter-5 recursion K^(l+1) = C_b + C_W g(K^(l)) from K^(1) = K1 = C_b +
+    C_W |x|^2/n_0 (5.3), with uniform C_b, C_W (9.1). Returns an array (L,) with entry l-1 = layer l
+    (l = 1..L); the last entry (l = L) is 1. Linear sigma: C_W^(L-l); ReLU: (C_W/2)^(L-l).
+    method/deg: the Gaussian expectations, as in :func:`single_input_flow`.
+    Raises ValueError for bad hyperparameters, K1 <= 0, L < 1, the perceptron (sigma' is a delta
+    function); warns and returns nan from where the kernel stops being finite (off criticality).
+    """
+    act, C_b, C_W, L = _act(act), _Cb(C_b), _CW(C_W), _layers(L)
+    K = float(_kernel(K1, "K1", positive=True))
+    loc = _Local(act, ["ss", "s1s1"], method, deg)
+    chi = np.full(L - 1, np.nan)          # chi[l-1] = chi_perp^(l), l = 1..L-1
+    with np.errstate(over="ignore", invalid="ignore"):
+        for l in range(1, L):
+            if not (np.isfinite(K) and K < 1e300):
+                warnings.warn(f"gradient_factor: the kernel is no longer finite at layer {l} (it diverges "
+                              "off criticality); the factors that need it are nan", RuntimeWarning,
+                              stacklevel=2)
+                break
+            m = loc(K)
+            chi[l - 1] = C_W * m["s1s1"]
+            K = C_b + C_W * m["ss"]
+    out = np.ones(L)
+    out[: L - 1] = np.cumprod(chi[::-1])[::-1]
+    return out

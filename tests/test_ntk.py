@@ -262,3 +262,20 @@ def test_off_criticality_warns_and_fills_nan():
     with pytest.warns(UserWarning, match="exploded or vanished"):
         f = ntk_flow(MLP((1,) + (4,) * 400, "relu", C_W=0.5), np.ones((1, 1)))
     assert np.isnan(f.A[-1]).all() and np.isfinite(f.H[2]).all()
+
+
+# ----------------------------------------------------------------------------- real networks
+def test_second_layer_against_real_networks():
+    """Layer 2 is exact at any width (the tensors vanish at layer 1): two inputs, tanh, n_1 = 8; every
+    component of H, V, D, F, B, A within 4.5 standard errors of 20k real networks (spec §4 item 3)."""
+    from dlt.networks import ntk_ensemble
+    from dlt.stats import ntk_moments
+    X = np.array([[1.0, 0.0], [0.6, 0.8]]) * np.sqrt(2)  # G0 = [[1, .6], [.6, 1]]
+    net = MLP((2, 8, 4), "tanh", C_b=0.1, C_W=1.3, lambda_b=0.5, lambda_W=1.5)
+    f = ntk_flow(net, X)
+    Z, H = ntk_ensemble(net, X, 20000, seed=11)
+    m = ntk_moments(Z, H, n_prev=8)
+    for k in "HVDFBA":
+        val, se = m[k]
+        pull = np.abs(val - getattr(f, k)[2]) / np.maximum(se, 1e-300)
+        assert np.max(pull) < 4.5, (k, np.max(pull))

@@ -184,15 +184,16 @@ def _ntk_tensors(act, K, deg):
     sample i of the ordered pair (a, c) (i = 1 unused for a = c), M4, P4."""
     N, plan, kd = K.shape[0], _plan(K.shape[0]), K.diagonal()
     t = _pair_tensors(act, K, deg, fourth=False)
-    a, b = np.indices(K.shape)
-    S2d, Hd, p1 = _s2(act, kd, a, b, K, deg, d=1), np.zeros_like(t["H"]), np.zeros((N, N, 2))
+    S2d, Hd, p1 = np.empty((N, N)), np.zeros_like(t["H"]), np.zeros((N, N, 2))
     x, W = _diagonal_rule(_kinks(act) is not None, deg)
     z = np.sqrt(kd)[:, None] * x
     ds, s = act.df(z), act.f(z)
+    np.fill_diagonal(S2d, (ds * ds) @ W[:, 0])
     Hd[:N, 0, 0] = (ds * ds) @ W[:, 1] / kd
     p1[np.arange(N), np.arange(N), 0] = (s * ds * x) @ W[:, 0] / np.sqrt(kd)  # <s s' z> / K
     if N > 1:
         i, j = plan.I[N:, 0], plan.I[N:, 1]
+        S2d[i, j] = S2d[j, i] = _s2(act, kd, i, j, K[i, j], deg, d=1)
         Kb = K[plan.ij[0][N:], plan.ij[1][N:]]
         Hd[N:] = _pair_hq(act, Kb, deg, False, fn=act.df)[0]
         pf = _pair_first(act, Kb, deg)

@@ -19,7 +19,7 @@ from scipy.optimize import minimize_scalar
 import dlt  # noqa: F401
 from dlt import bayes
 from dlt.kernels import kernel_fn, preactivation_flow
-from dlt.networks import MLP, ensemble, forward, init_params
+from dlt.networks import MLP, ensemble, forward, init_params, stochastic_metric
 
 
 def spd(rng, N, cond=20.0):
@@ -412,9 +412,7 @@ def test_representation_update_multi_input_vs_metric_covariance():
     net = MLP((2, n, 1), "tanh", C_b=0.1, C_W=1.2)
     y = np.array([[1.2], [-1.0]])
     th = bayes.penultimate_update(net, X[:2], y, X[2:])
-    z = ensemble(net, X, 40_000, seed=12, layers=[1])[1]
-    s = np.tanh(z)
-    G = 0.1 + 1.2 * s @ np.swapaxes(s, 1, 2) / n                # stochastic metric (4.74)
+    G = stochastic_metric(net, ensemble(net, X, 40_000, seed=12, layers=[1])[1], 2)  # (4.70)
     K = kernel_fn(net, X)
     from dlt.stats import jackknife
 

@@ -68,6 +68,7 @@ __all__ = [
     "angle_asymptotics", "small_angle_step", "ddK2_step", "crossover_depth",
     "ntk_exponents", "equivalence_learning_rates", "frozen_ntk_formal", "scale_invariant_ntk",
     "kstar0_ntk_asymptotics", "gradient_factor",
+    "ntk_delta_recursion", "ntk_finite_angle", "robustness_asymptotic_kstar0",
 ]
 
 METHODS = ("auto", "gh", "trapezoid", "quad")
@@ -192,17 +193,22 @@ def _sig012(act):
 # Integrands in the standard variable x ~ N(0, 1), z = sqrt(K) x:
 #   ss = <s^2>, xss1 = <x s s'> (= <z s s'>/sqrt K), s1s1 = <s'^2>, s4 = <s^4>,
 #   he4 = <s^2 He4(x)>, hd = <s'^2 (x^2 - 1)> (= <s'^2 (z^2 - K)>/K).
-_NEEDS_D = ("xss1", "s1s1", "hd")
+# Chapter 10 (delta expansion of the NTK, smooth sigma only): s2s2 = <s''^2>, xs1s2 = <x s' s''>
+# (= <z s' s''>/sqrt K), hd2 = <s''^2 (x^2 - 1)> (= <s''^2 (z^2 - K)>/K).
+_NEEDS_D = ("xss1", "s1s1", "hd", "xs1s2")
+_NEEDS_DD = ("s2s2", "xs1s2", "hd2")
 
 
 def _integrands(act, x, sk, names):
     z = sk * x
     s = act.f(z)
     d = act.df(z) if any(n in _NEEDS_D for n in names) else None
+    dd = act.ddf(z) if any(n in _NEEDS_DD for n in names) else None
     x2 = x * x
     table = {"ss": lambda: s * s, "xss1": lambda: x * s * d, "s1s1": lambda: d * d,
              "s4": lambda: (s * s) ** 2, "he4": lambda: s * s * ((x2 - 6) * x2 + 3),
-             "hd": lambda: d * d * (x2 - 1)}
+             "hd": lambda: d * d * (x2 - 1), "s2s2": lambda: dd * dd, "xs1s2": lambda: x * d * dd,
+             "hd2": lambda: dd * dd * (x2 - 1)}
     return [np.asarray(table[n](), dtype=float) for n in names]
 
 
@@ -1287,3 +1293,173 @@ def gradient_factor(act, C_b, C_W, K1, L, method="auto", deg=DEG) -> np.ndarray:
     out = np.ones(L)
     out[: L - 1] = np.cumprod(chi[::-1])[::-1]
     return out
+
+
+# ----------------------------------------------------------------------------- chapter 10: the NTK's
+# delta expansion and finite angle (generalization near a training input)
+def _rates(x, L, name):
+    """Per-layer learning rates: a scalar or an array (L,) with entry l-1 = layer l -> array (L,)."""
+    try:
+        a = np.atleast_1d(np.asarray(x, dtype=float))
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number or an array (L,) of numbers") from None
+    if a.ndim != 1 or a.size not in (1, L) or not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError(f"{name} must be a finite number >= 0 or an array of L = {L} of them (entry l-1 = "
+                         f"layer l), got {x!r}")
+    return np.broadcast_to(a, (L,)).copy()
+
+
+def ntk_delta_recursion(act, C_W, lam_b, lam_W, K00, dK1, ddK2, Theta00, dTheta1, ddTheta2, L, *,
+                        C_b=0.0, method="auto", deg=DEG) -> dict:
+    """Delta expansion of the frozen NTK of two nearby inputs x_pm = x_0 pm dx/2 (§10.3.1), layer by
+    layer, with the kernel's (5.46)-(5.48) (:func:`delta_recursions`). In the gamma basis (10.58)-(10.61)
+    Theta_[0] = Theta00 + O(delta^2), Theta_[1] = dTheta1 + O(delta^3), Theta_[2] = ddTheta2 + O(delta^4),
+    and (K = K00^(l), expectations at variance K, rates of layer l+1):
+
+      Theta00' = lambda_b + lambda_W <s s> + chi_perp Theta00                                   (9.5)
+      dTheta1' = chi_perp dTheta1 + [lambda_W <z s s'>/K + C_W <z s' s''>/K Theta00] dK1         (10.66)
+      ddTheta2' = chi_perp ddTheta2 + lambda_W [<s' s'> ddK2 + <s'^2 (z^2 - K)>/(4K^2) dK1^2]
+                  + C_W [<s'' s''> ddK2 + <s''^2 (z^2 - K)>/(4K^2) dK1^2] Theta00
+                  + C_W <z s' s''>/(2K) dK1 dTheta1                                             (10.70)
+
+    (lambda_W <z s s'>/K = lambda_W chi_par / C_W, lambda_W <s' s'> = lambda_W chi_perp / C_W). For equal
+    norms (dK1 = dTheta1 = 0) the last line is the book's (10.70); the dK1^2 and dK1 dTheta1 terms are
+    the ones footnote 32 mentions, derived here by projecting (10.67) on gamma^[2] ((5.44) applied to
+    sigma and sigma'). Smooth activations only: <s'' s''> is singular at a kink (scale-invariant class:
+    use :func:`ntk_finite_angle`).
+
+    Layer-1 values: (K00, dK1, ddK2) from :func:`delta_initial` (x0, dx, C_b^(1), C_W^(1)) and
+    (Theta00, dTheta1, ddTheta2) = delta_initial(x0, dx, lambda_b^(1), lambda_W^(1)) ((8.23) is the
+    same bilinear form). ``lam_b``, ``lam_W``: numbers or arrays (L,) with entry l-1 = layer l (entry 0 is
+    not used: the layer-1 NTK is given); ``C_W`` > 0, ``C_b`` >= 0 uniform; ``method``, ``deg``: the
+    Gaussian expectations, as in :func:`delta_recursions`.
+
+    Returns a dict of arrays (L+1,) indexed by layer (entry 0 nan): K00, dK1, ddK2, Theta00, dTheta1,
+    ddTheta2. Raises ``ValueError`` for a kinked activation, K00 <= 0, L < 1 or bad hyperparameters;
+    warns (and fills nan) where the kernel diverges."""
+    act = _act(act)
+    if not act.smooth:
+        raise ValueError(f"{act.name} has a kink: <sigma'' sigma''> in (10.70) is singular; for the "
+                         "scale-invariant class use ntk_finite_angle (10.82)-(10.89)")
+    C_b, C_W, L = _Cb(C_b), _CW(C_W), _layers(L)
+    lb, lw = _rates(lam_b, L, "lam_b"), _rates(lam_W, L, "lam_W")
+    kern = delta_recursions(act, C_b, C_W, K00, dK1, ddK2, L, method, deg)
+    th = np.full((L + 1, 3), np.nan)
+    th[1] = [float(_real(Theta00, "Theta00", nonneg=True)), _real(dTheta1, "dTheta1"),
+             _real(ddTheta2, "ddTheta2")]
+    loc = _Local(act, ["ss", "xss1", "s1s1", "hd", "s2s2", "xs1s2", "hd2"], method, deg)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for l in range(1, L):
+            k, d1, d2 = kern[l]
+            t0, t1, t2 = th[l]
+            if not (np.isfinite(k) and k > 0 and np.all(np.isfinite(th[l]))):
+                break
+            m, sk = loc(k), math.sqrt(k)
+            b, w = lb[l], lw[l]
+            chi = C_W * m["s1s1"]
+            th[l + 1] = (b + w * m["ss"] + chi * t0,
+                         chi * t1 + (w * m["xss1"] + C_W * m["xs1s2"] * t0) / sk * d1,
+                         chi * t2 + w * (m["s1s1"] * d2 + m["hd"] / (4 * k) * d1 * d1)
+                         + C_W * (m["s2s2"] * d2 + m["hd2"] / (4 * k) * d1 * d1) * t0
+                         + C_W * m["xs1s2"] / (2 * sk) * d1 * t1)
+    return {"K00": kern[:, 0], "dK1": kern[:, 1], "ddK2": kern[:, 2],
+            "Theta00": th[:, 0], "dTheta1": th[:, 1], "ddTheta2": th[:, 2]}
+
+
+def ntk_finite_angle(L, a_plus, a_minus, C_W, G_d, cos_psi0, lam_b, lam_W, *, C_b=0.0) -> dict:
+    """Frozen NTK of two inputs of equal norm for scale-invariant sigma (a+ z, z >= 0; a- z, z < 0) at a
+    finite angle, eqs. (10.82)-(10.89): K = K_d (1, cos psi; cos psi, 1), Theta = Theta_d (1, cos zeta;
+    cos zeta, 1), with (chi = C_W A2; A2, rho from :func:`scale_invariant_constants`; rates of layer l+1)
+
+      K_d' = C_b + chi K_d,  K_d' cos psi' = C_b + C_W <s+ s->                     (5.147), (5.160)
+      Theta_d' = chi Theta_d + lambda_b + lambda_W A2 K_d                          (10.88)
+      Theta_d' cos zeta' = chi (1 - rho psi) Theta_d cos zeta + lambda_b
+                           + lambda_W A2 K_d [cos psi + rho (sin psi - psi cos psi)]  (10.89)
+
+    from layer 1: K_d = C_b + C_W G_d, cos psi = (C_b + C_W G_d cos psi0)/K_d (4.8) and Theta_d =
+    lambda_b + lambda_W G_d, Theta_d cos zeta = lambda_b + lambda_W G_d cos psi0 (8.23). The angles are
+    carried as 1 - cos (no cancellation at small angles; Theta_d (1 - cos zeta) = Theta_++ - Theta_+- obeys
+    a recursion of its own), so tiny angles and deep networks (L ~ 1e5) are accurate. At criticality with
+    the equivalence rates lambda = lt / L: Theta_d = (lt_b + lt_W A2 K_d) l / L (10.91), cos zeta -> 1/4
+    (10.93), robustness cos zeta - 1 -> -3/4 (10.94), variance -> 9/16 K_d (10.95) (ReLU; the approach is
+    slow: 0.36 at L = 10). Deep linear (rho = 0): (10.96)-(10.98).
+
+    ``L`` depth >= 1; ``a_plus``, ``a_minus`` slopes (or a_plus a scale-invariant activation); ``C_W`` > 0,
+    ``C_b`` >= 0; ``G_d`` = |x_pm|^2 / n_0 > 0; ``cos_psi0`` in [-1, 1], the cosine of the angle between the
+    two inputs; ``lam_b``, ``lam_W`` numbers or arrays (L,) (entry l-1 = layer l).
+
+    Returns a dict of arrays (L+1,) indexed by layer (entry 0 nan): Kd, psi, Theta_d, cos_zeta, zeta, and
+    robustness = cos zeta - 1 (10.57) and variance = K_d (1 - 2 cos zeta cos psi + cos^2 zeta), the exact
+    (10.63) for training input + and test input -. Raises ``ValueError`` for bad input."""
+    L = _layers(L)
+    A2, _, rho = scale_invariant_constants(a_plus, a_minus)
+    if isinstance(a_plus, (str, Activation)):
+        act = _act(a_plus)
+        a_plus, a_minus = act.a_plus, act.a_minus
+    C_b, C_W = _Cb(C_b), _CW(C_W)
+    G_d, c0 = _real(G_d, "G_d"), _real(cos_psi0, "cos_psi0")
+    if G_d <= 0:
+        raise ValueError(f"G_d = |x|^2 / n_0 must be > 0, got {G_d}")
+    if not -1 <= c0 <= 1:
+        raise ValueError(f"cos_psi0 must lie in [-1, 1], got {c0}")
+    lb, lw = _rates(lam_b, L, "lam_b"), _rates(lam_W, L, "lam_W")
+    Kd, psi, Th, D = (np.full(L + 1, np.nan) for _ in range(4))
+    Kd[1] = C_b + C_W * G_d
+    psi[1] = _arccos1m(C_W * G_d * (1 - c0) / Kd[1])
+    Th[1], D[1] = lb[0] + lw[0] * G_d, lw[0] * G_d * (1 - c0)
+    chi = C_W * A2
+    d2 = (a_plus - a_minus) ** 2
+    for l in range(1, L):
+        Kd[l + 1], psi[l + 1] = scale_invariant_step(Kd[l], psi[l], a_plus, a_minus, C_b, C_W)
+        one_m = Kd[l] * (A2 * 2 * np.sin(psi[l] / 2) ** 2 - d2 * _s_minus_pc(psi[l]) / (2 * np.pi))
+        Th[l + 1] = chi * Th[l] + lb[l] + lw[l] * A2 * Kd[l]
+        D[l + 1] = chi * D[l] + chi * rho * psi[l] * (Th[l] - D[l]) + lw[l] * one_m   # A2 K_d - <s+ s->
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = D / Th
+    cz = 1 - u
+    return {"Kd": Kd, "psi": psi, "Theta_d": Th, "cos_zeta": cz, "zeta": _arccos1m(np.nan_to_num(u)) + 0 * u,
+            "robustness": -u, "variance": Kd * (1 - 2 * cz * np.cos(psi) + cz * cz)}
+
+
+def robustness_asymptotic_kstar0(act, lt_b, lt_W, delta2, L, *, rates="equivalence"):
+    """Leading large-depth robustness -2 ddTheta_[2]^(L) / Theta_00^(L) (10.62) of a K* = 0 network at
+    criticality (C_b = 0, C_W = 1/sigma_1^2), with ddK_[2]^(l) = delta2 / l^p_perp (10.71) (delta2 =
+    lim l^p_perp ddK_[2]^(l), e.g. from :func:`delta_recursions`; p_perp = b1/a1):
+
+      rates="equivalence", lambda_b = lt_b l^-p L^(p-1), lambda_W = lt_W (L/l)^(p-1) (10.74):
+          2 delta2/(p - 2) [lt_W s1^2 / (lt_b + lt_W s1^2/(-a1)) + s2^2/s1^2] L^(1-p)     (10.78)
+      rates="constant", lambda_b = lt_b, lambda_W = lt_W in every layer, sigma_2 = 0 (odd sigma, p = 1):
+          -4 [lt_W s1^2 + (-a1) lt_b / 2] delta2 / (lt_b L)                                 (10.81) corrected
+
+    The book's (10.80)-(10.81) keep only lt_W s1^2: with Theta_00 = lt_b l/2 (10.79) growing, the term
+    C_W <s'' s''> Theta_00 ddK_[2] of (10.70) is O(1/l) as well (<s'' s''> = s3^2 K00, K00 = 1/(-a1 l)),
+    and adds (-a1) lt_b / 2 to ddTheta_[2] (tanh: ddTheta_[2] -> (lt_W + lt_b) delta2, not lt_W delta2).
+    Corrections are O(log L / L) relative.
+
+    ``act``: a K* = 0 activation or its Taylor data (as in :func:`kstar0_ntk_asymptotics`); ``lt_b``,
+    ``lt_W`` >= 0 (lt_b > 0 for constant rates); ``delta2`` >= 0; ``L`` depth(s) >= 1. Returns a float or
+    an array of L's shape. Raises ``ValueError`` for an activation outside the K* = 0 class, an unknown
+    ``rates``, constant rates with sigma_2 != 0 or lt_b = 0, or both rates zero."""
+    info = kstar0_ntk_asymptotics(L, act, lt_b, lt_W)
+    if isinstance(act, (list, tuple, np.ndarray)):
+        t = np.zeros(3)
+        tt = np.asarray(act, dtype=float).ravel()[:3]
+        t[: tt.size] = tt
+    else:
+        t = taylor_coefficients(_act(act), 2)
+    s1, s2 = t[1], t[2]
+    p, a1 = info["p_perp"], info["a1"]
+    d2, Lf = _real(delta2, "delta2", nonneg=True), _ell(L)
+    if rates == "equivalence":
+        if info["Lambda"] == 0:
+            raise ValueError("lt_b = lt_W = 0: the NTK vanishes")
+        bracket = float(lt_W) * s1 * s1 / info["Lambda"] + s2 * s2 / (s1 * s1)
+        return _out(2 * d2 / (p - 2) * bracket * Lf ** (1 - p))
+    if rates == "constant":
+        if s2 != 0:
+            raise ValueError("the constant-rate asymptotics (10.79)-(10.81) are for sigma_2 = 0 (odd sigma, "
+                             "p_perp = 1); iterate ntk_delta_recursion for other activations")
+        if not lt_b > 0:
+            raise ValueError("constant rates need lt_b > 0 (Theta_00 = lt_b l / 2 (10.79))")
+        return _out(-4 * (float(lt_W) * s1 * s1 + (-a1) * lt_b / 2) * d2 / (lt_b * Lf))
+    raise ValueError(f"rates must be 'equivalence' (10.74) or 'constant' (10.79), got {rates!r}")

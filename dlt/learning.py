@@ -1,10 +1,15 @@
-"""Losses and gradient-based training of real networks (book ch. 7; ch. 10 extends this module).
+"""Losses, gradient-based training (book ch. 7) and kernel learning at infinite width (ch. 10).
 
-Everything here acts on one real network from :mod:`dlt.networks`: a description ``net``
+The ch. 7 part acts on one real network from :mod:`dlt.networks`: a description ``net``
 (:class:`~dlt.networks.MLP`) and its parameters ``params = {l: {"W", "b"}}``. Shapes follow the
 library's conventions: inputs ``X`` are ``(N, n_0)``, outputs and targets ``z``, ``y`` are
 ``(N, n_L)`` (samples first, like :func:`dlt.networks.forward`), and the NTK is the
-``H[i1, i2, a1, a2]`` of :func:`dlt.networks.empirical_ntk` (shape ``(n_L, n_L, N_D, N_D)``).
+``H[i1, i2, a1, a2]`` of :func:`dlt.networks.empirical_ntk` (shape ``(n_L, n_L, N_D, N_D)``). The
+ch. 10 part works with a *frozen* NTK or kernel on the samples, an ``(N_D, N_D)`` array (the
+infinite-width Theta = H^(L) of :func:`dlt.kernels.kernel_fn`, get="ntk"; diagonal in the outputs),
+with index sets ``idx_A`` (training), ``idx_B`` (test) into the sample axis; the functions that describe
+one network also accept its empirical NTK. Training blocks are inverted by Cholesky solves, never
+explicitly; a singular one is a ``ValueError`` unless ``ridge > 0`` adds ridge * I to it.
 
 Contents, in the book's order:
 
@@ -20,6 +25,21 @@ Contents, in the book's order:
   :func:`dlt.networks.empirical_ntk` (not re-implemented here): :func:`predicted_output_change`
   (7.20), :func:`predicted_observable_change` (7.19), :func:`predicted_loss_change` (7.14), and
   :func:`linearized_outputs`, the output trajectory when the NTK is frozen at its initial value.
+* **A giant leap** (§10.2): :func:`newton_step`, one Newton step of a real network (10.30);
+  :func:`train_function_space`, many steps of GD / SGD / a Newton tensor / any loss with a frozen NTK
+  (10.33)-(10.35) (algorithm independence); :func:`kernel_prediction`, the fully trained network
+  (10.31), (10.39) and the mean (10.40); :func:`gd_prediction`, the closed-form MSE trajectory at any
+  time; :func:`kernel_posterior`, the generalized posterior (10.40)-(10.41) of the ensemble (at the end
+  of training or at time t); :func:`bayes_learning_rates`, last-layer training = exact Bayesian
+  inference (10.44)-(10.49); :func:`predict`, all of it for users' inputs through the kernels of
+  :func:`dlt.kernels.kernel_fn`.
+* **Generalization** (§10.3): :func:`mse_bias_variance` (10.50)-(10.52), :func:`robustness` (10.57),
+  :func:`polation_inputs` for *-polation (10.99). (The depth dependence of the NTK's delta-expansion
+  components and finite angle, (10.66)-(10.98), is in :mod:`dlt.criticality`.)
+* **Linear models and kernel methods** (§10.4): :func:`linear_regression` (10.119)-(10.125),
+  :func:`linear_kernel` (10.127)-(10.128), (10.136), :func:`gaussian_kernel` (10.133),
+  :func:`kernel_regression` (10.132). The random features of a network, (10.134)-(10.141), are
+  :func:`dlt.networks.last_layer_features` and :func:`dlt.networks.ntk_features`.
 
 All functions are pure; randomness (mini-batch order) comes from an explicit ``numpy.random.Generator``,
 an int seed or a ``jax.random`` key. Bad input raises ``ValueError`` / ``TypeError`` saying what was
@@ -34,13 +54,18 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 
-from .networks import MLP, forward
+from .kernels import kernel_fn
+from .networks import MLP, empirical_ntk, forward
 
 __all__ = ["Loss", "LOSSES", "get_loss", "softmax", "mse", "cross_entropy", "error_factor",
            "training_loss", "loss_gradient", "learning_rate_tree", "apply_update", "gd_step",
            "minibatches", "train", "predicted_output_change", "predicted_observable_change",
-           "predicted_loss_change", "linearized_outputs"]
+           "predicted_loss_change", "linearized_outputs",
+           "train_function_space", "newton_step", "kernel_prediction", "kernel_posterior", "gd_prediction",
+           "bayes_learning_rates", "predict", "mse_bias_variance", "robustness", "polation_inputs",
+           "linear_regression", "linear_kernel", "gaussian_kernel", "kernel_regression"]
 
 
 # ============================================================================================ losses
@@ -469,13 +494,703 @@ def linearized_outputs(H, z0, y, eta, steps: int, idx_A=None, loss="mse", *, int
     y = _check_targets((idx_A.size, H.shape[0]), y, loss)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    HDA = H[:, :, :, idx_A]
     scale = 1.0 / idx_A.size if intensive else 1.0
+    return _function_space_run(H[:, :, :, idx_A], True, z0, y, jnp.asarray(idx_A), np.full(int(steps), eta),
+                               lambda t0, t1: None, None, loss, scale, True)
 
-    def body(z, _):
-        eps = scale * loss.eps(z[idx_A], y)
-        z = z - eta * jnp.einsum("ijda,aj->di", HDA, eps)
-        return z, z
 
-    _, zs = jax.lax.scan(body, z0, None, length=int(steps))
-    return jnp.concatenate([z0[None], zs], axis=0)
+# ======================================================================= kernel learning (ch. 10)
+#
+# Conventions of this part: a *frozen* NTK or kernel on the samples D is an (N_D, N_D) array (the
+# infinite-width Theta = H^(L), kernel_fn's "ntk"; diagonal in the output index, so every output
+# component is trained with the same matrix); the empirical NTK of one finite network is the
+# (n_L, n_L, N_D, N_D) array H[i1, i2, a1, a2] of dlt.networks.empirical_ntk, and functions that accept
+# it treat the pair (sample, component) as one index. idx_A / idx_B are integer positions into the
+# sample axis. The inverse of the training block is never formed: Cholesky solves (t = end of
+# training) or the eigendecomposition of the training block (finite t).
+
+_SINGULAR = "pass ridge > 0 to add ridge * I to the training block (a documented regularization)"
+
+
+def _f64(x, name):
+    try:
+        a = np.asarray(x, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real array, got {type(x).__name__}") from None
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite")
+    return a
+
+
+def _ridge(ridge):
+    try:
+        r = float(ridge)
+    except (TypeError, ValueError):
+        raise TypeError(f"ridge must be a real number, got {ridge!r}") from None
+    if not np.isfinite(r) or r < 0:
+        raise ValueError(f"ridge must be finite and >= 0, got {ridge!r}")
+    return r
+
+
+def _indices(idx, N, name):
+    try:
+        idx = np.asarray(idx)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a sequence of integer sample positions") from None
+    if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"{name} must be a non-empty 1-d array of integer sample positions, got {idx!r}")
+    if idx.min() < 0 or idx.max() >= N or np.unique(idx).size != idx.size:
+        raise ValueError(f"{name} must hold distinct positions in 0..{N - 1}, got {idx.tolist()}")
+    return idx.astype(int)
+
+
+def _outputs(y, N, name, n_out=None):
+    """y (N, n_out) or (N,) -> (float array (N, n_out), was_1d)."""
+    y = _f64(y, name)
+    one = y.ndim == 1
+    if one:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != N or y.shape[1] == 0 or (n_out is not None and y.shape[1] != n_out):
+        want = f"(N={N}, n_out{'' if n_out is None else '=' + str(n_out)})"
+        raise ValueError(f"{name} must have shape {want} (samples first) or (N,), got {np.shape(y)}")
+    return y, one
+
+
+def _check_symmetric(M, name):
+    scale = max(np.abs(M).max(), 1e-300)
+    if np.abs(M - np.swapaxes(M, -1, -2)).max() > 1e-10 * scale:
+        raise ValueError(f"{name} must be symmetric")
+
+
+class _Train:
+    """The training block of a frozen NTK (N_A, N_A) or of an empirical NTK (n_L, n_L, N_A, N_A), as a
+    symmetric matrix M on the flat training index (a, or (a, i) for the empirical NTK), plus ridge * I.
+
+    ``flat(R)``: residuals (..., N_A, n_out) -> the columns M acts on; ``unflat`` the inverse map for
+    outputs on B. ``solve(R)`` = M^{-1} R by Cholesky, or a ValueError that says the block is singular."""
+
+    def __init__(self, T_AA, ridge, name="the training block of Theta"):
+        T_AA = _f64(T_AA, name)
+        if T_AA.ndim == 4:
+            n, _, N, N2 = T_AA.shape
+            if T_AA.shape[1] != n or N2 != N:
+                raise ValueError(f"{name} must have shape (n_L, n_L, N_A, N_A), got {T_AA.shape}")
+            self.n_out, self.N = n, N
+            M = T_AA.transpose(2, 0, 3, 1).reshape(N * n, N * n)      # [(a1, i1), (a2, i2)]
+        elif T_AA.ndim == 2 and T_AA.shape[0] == T_AA.shape[1] and T_AA.shape[0] > 0:
+            self.n_out, self.N, M = None, T_AA.shape[0], T_AA
+        else:
+            raise ValueError(f"{name} must be a square (N_A, N_A) frozen NTK / kernel or an empirical NTK "
+                             f"(n_L, n_L, N_A, N_A), got shape {T_AA.shape}")
+        _check_symmetric(M, name)
+        self.name, self.ridge = name, _ridge(ridge)
+        self.M = 0.5 * (M + M.T) + self.ridge * np.eye(M.shape[0])
+        self._cho = None
+
+    @property
+    def four(self):
+        return self.n_out is not None
+
+    def check_outputs(self, n_out, what):
+        if self.four and n_out != self.n_out:
+            raise ValueError(f"{what} has {n_out} output components but the empirical NTK has "
+                             f"n_L = {self.n_out}")
+
+    def flat(self, R):      # (..., N, n) -> (..., N*n, 1) for the empirical NTK; unchanged otherwise
+        return R.reshape(R.shape[:-2] + (-1, 1)) if self.four else R
+
+    def unflat(self, R):
+        return R.reshape(R.shape[:-2] + (-1, self.n_out)) if self.four else R
+
+    def cho(self):
+        if self._cho is None:
+            M = self.M
+            try:
+                c, low = cho_factor(M, lower=True, check_finite=False)
+                piv = np.diag(c) ** 2
+                ok = piv.min() > 10 * M.shape[0] * np.finfo(float).eps * max(np.abs(np.diag(M)).max(), 1e-300)
+            except np.linalg.LinAlgError:
+                ok = False
+            if not ok:
+                ev = np.linalg.eigvalsh(M)
+                raise ValueError(f"{self.name} is singular: not numerically positive definite "
+                                 f"(eigenvalues {ev.min():.3e} .. {ev.max():.3e}; duplicate or degenerate "
+                                 "training inputs, more training outputs than parameters, or a collapsed "
+                                 f"kernel); {_SINGULAR}")
+            self._cho = (c, low)
+        return self._cho
+
+    def solve(self, R):
+        """M^{-1} R over the flat axis -2 of R (..., m, k)."""
+        R = np.asarray(R, dtype=float)
+        Rm = np.moveaxis(R, -2, 0)
+        S = cho_solve(self.cho(), Rm.reshape(Rm.shape[0], -1), check_finite=False)
+        return np.moveaxis(S.reshape(Rm.shape), 0, -2)
+
+    def eig(self):
+        lam, U = np.linalg.eigh(self.M)
+        if lam.min() < -1e-10 * max(abs(lam).max(), 1e-300):
+            raise ValueError(f"{self.name} must be positive semi-definite (an NTK with a PSD learning-rate "
+                             f"tensor), smallest eigenvalue {lam.min():.3e}")
+        return lam, U
+
+
+def _cross_block(T_BA, train, name="theta_BA"):
+    """The (flat) test-train block: (N_B, N_A) or (n_L, n_L, N_B, N_A) -> matrix (m_B, m_A)."""
+    T_BA = _f64(T_BA, name)
+    if train.four:
+        n, N = train.n_out, train.N
+        if T_BA.ndim != 4 or T_BA.shape[:2] != (n, n) or T_BA.shape[3] != N:
+            raise ValueError(f"{name} must have shape (n_L, n_L, N_B, N_A) = ({n}, {n}, N_B, {N}) like the "
+                             f"training block, got {T_BA.shape}")
+        return T_BA.transpose(2, 0, 3, 1).reshape(T_BA.shape[2] * n, N * n)
+    if T_BA.ndim != 2 or T_BA.shape[1] != train.N:
+        raise ValueError(f"{name} must have shape (N_B, N_A={train.N}), got {T_BA.shape}")
+    return T_BA
+
+
+def _z_pair(z_A, z_B, N_A, N_B, n_out):
+    z_A, z_B = _f64(z_A, "z_A"), _f64(z_B, "z_B")
+    if z_A.ndim < 2 or z_A.shape[-2:] != (N_A, n_out):
+        raise ValueError(f"z_A must have shape (..., N_A, n_out) = (..., {N_A}, {n_out}), got {z_A.shape}")
+    if z_B.shape != z_A.shape[:-2] + (N_B, n_out):
+        raise ValueError(f"z_B must have shape {z_A.shape[:-2] + (N_B, n_out)} (the leading axes of z_A, "
+                         f"then (N_B, n_out)), got {z_B.shape}")
+    return z_A, z_B
+
+
+def kernel_prediction(theta_BA, theta_AA, y_A, z_A=None, z_B=None, *, ridge: float = 0.0):
+    """Kernel prediction of a fully trained network with a frozen NTK, eqs. (10.39)-(10.40):
+
+        per network (10.39):  z_B(T) = z_B - Theta_BA Theta~^{-1} (z_A - y_A)
+        mean (10.40):         m_B    = Theta_BA Theta~^{-1} y_A            (z_A, z_B omitted)
+
+    with Theta~ the training block (its inverse (10.26) by a Cholesky solve). The same formula with the
+    kernel K is the Bayesian posterior mean (6.64) and, with any kernel k, the kernel machine (10.132)
+    (:func:`kernel_regression` is this function).
+
+    ``theta_BA`` (N_B, N_A), ``theta_AA`` (N_A, N_A): a frozen NTK (diagonal in the outputs); or the
+    empirical NTK of one network, ``(n_L, n_L, N_B, N_A)`` and ``(n_L, n_L, N_A, N_A)`` in the index order of
+    :func:`dlt.networks.empirical_ntk`, with the pair (sample, component) inverted as one index: the end
+    point of gradient descent of the network's linearized model. ``y_A`` (N_A, n_out) or (N_A,);
+    ``z_A`` (..., N_A, n_out), ``z_B`` (..., N_B, n_out): initial outputs, leading axes for ensembles
+    (both or neither). ``ridge`` >= 0 adds ridge * I to the training block.
+
+    Returns (..., N_B, n_out) (or (N_B,) for 1-d targets and no z). Raises ``ValueError`` for shapes that
+    do not match, a non-symmetric or singular training block (the message says to pass ridge > 0) or a
+    negative ridge; ``TypeError`` for non-numeric input."""
+    train = _Train(theta_AA, ridge, "the training block theta_AA")
+    T_BA = _cross_block(theta_BA, train)
+    y, one = _outputs(y_A, train.N, "y_A")
+    train.check_outputs(y.shape[1], "y_A")
+    if (z_A is None) != (z_B is None):
+        raise ValueError("give both z_A and z_B (one network's initial outputs, (10.39)) or neither (the "
+                         "mean (10.40))")
+    N_B = T_BA.shape[0] // (train.n_out or 1)
+    if z_A is None:
+        out = train.unflat(T_BA @ train.solve(train.flat(y)))
+        return out[:, 0] if one else out
+    z_A, z_B = _z_pair(z_A, z_B, train.N, N_B, y.shape[1])
+    return z_B - train.unflat(T_BA @ train.solve(train.flat(z_A - y)))
+
+
+def kernel_regression(k_BA, k_AA, y_A, *, ridge: float = 0.0):
+    """Kernel machine (kernel methods), eq. (10.132): z_B = k_BA k~^{-1} y_A, the dual form of linear
+    regression (10.125) for the kernel k = sum_j phi_j phi_j (10.127) (ridge: (10.124) with ridge = 2a).
+    It is the mean kernel prediction (10.40) (:func:`kernel_prediction`, which this calls).
+    ``k_BA`` (N_B, N_A), ``k_AA`` (N_A, N_A), ``y_A`` (N_A, n_out) or (N_A,) -> (N_B, n_out) (or (N_B,)).
+    Raises ``ValueError`` like :func:`kernel_prediction` (a singular k~: pass ridge > 0)."""
+    return kernel_prediction(k_BA, k_AA, y_A, ridge=ridge)
+
+
+def _times(t, discrete):
+    try:
+        ta = np.asarray(t, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"t must be a number or a 1-d array of numbers, got {t!r}") from None
+    if ta.ndim > 1 or ta.size == 0 or np.any(np.isnan(ta)) or np.any(ta < 0):
+        raise ValueError(f"t must be a number >= 0 or a non-empty 1-d array of them (inf = end of "
+                         f"training), got {t!r}")
+    if discrete and np.any(np.isfinite(ta) & (ta != np.round(ta))):
+        raise ValueError(f"with discrete=True, t counts gradient-descent steps: integers >= 0 (or inf), "
+                         f"got {t!r}")
+    return ta
+
+
+def _gd_filter(lam, t, eta, discrete):
+    """f_t(lam) with Theta~^{-1} (1 - e^{-eta Theta~ t}) = U diag f_t U^T (continuous time) or
+    Theta~^{-1} (1 - (1 - eta Theta~)^t) (discrete steps); t (T,), lam (m,) -> (T, m). f = eta t at lam = 0,
+    1/lam at t = inf."""
+    tt, lm = t[:, None], lam[None, :]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if discrete:
+            x = eta * lm
+            small = x < 1
+            num = np.where(small, -np.expm1(tt * np.log1p(-np.where(small, x, 0.0))), 1 - (1 - x) ** tt)
+        else:
+            num = -np.expm1(-eta * lm * tt)
+        f = np.where(lm == 0, eta * tt + 0 * lm, num / lm)
+    inf = ~np.isfinite(tt[:, 0])
+    if inf.any():
+        if lam.min() <= 10 * lam.size * np.finfo(float).eps * max(lam.max(), 1e-300):
+            raise ValueError(f"the training block is singular (smallest eigenvalue {lam.min():.3e}): the end "
+                             f"of training t = inf needs its inverse; {_SINGULAR}")
+        if discrete and eta * lam.max() >= 2:
+            raise ValueError(f"discrete gradient descent diverges for eta * lambda_max = "
+                             f"{eta * lam.max():.3g} >= 2")
+        f[inf] = 1.0 / lam
+    if discrete and not np.all(np.isfinite(f)):
+        raise ValueError("discrete gradient descent overflowed: eta * lambda_max(Theta~) > 2 makes it "
+                         "diverge")
+    return f
+
+
+def gd_prediction(Theta, idx_A, idx_B, z0, y_A, t, *, eta: float = 1.0, ridge: float = 0.0,
+                  discrete: bool = False):
+    """Closed-form trajectory of MSE gradient descent with a frozen NTK (a linear model), per network:
+
+        z_B(t) = z_B - Theta_BA Theta~^{-1} [1 - e^{-eta Theta~ t}] (z_A - y_A)      (continuous time)
+        z_B(t) = z_B - Theta_BA Theta~^{-1} [1 - (1 - eta Theta~)^t] (z_A - y_A)     (discrete=True: t steps)
+
+    (the solution of the update (10.3) with eps = z - y; z_A(t) - y_A = e^{-eta Theta~ t} (z_A - y_A)). The
+    discrete form is exactly t steps of :func:`linearized_outputs`; the continuous one is its limit
+    eta -> 0 at fixed eta t. Both tend to the end of training (10.39) for t -> inf (t = inf is allowed).
+    The bracket is a function of Theta~ evaluated on its eigendecomposition, so finite t needs no
+    inverse (a singular Theta~ is fine; components along its null space keep their initial error).
+
+    ``Theta``: frozen NTK on D (N_D, N_D), or one network's empirical NTK (n_L, n_L, N_D, N_D);
+    ``idx_A``, ``idx_B``: positions of the training inputs and of the outputs wanted (may overlap A);
+    ``z0`` (..., N_D, n_out) initial outputs (leading axes: networks); ``y_A`` (N_A, n_out); ``t`` >= 0
+    (time, or steps with discrete=True) or a 1-d array of them; ``eta`` > 0 the global learning rate;
+    ``ridge`` >= 0 adds ridge * I to Theta~ (regularized dynamics).
+
+    Returns (..., N_B, n_out) for scalar t, (len(t), ..., N_B, n_out) for an array. Raises ``ValueError``
+    for bad shapes, t < 0 (or not an integer when discrete), eta <= 0, a Theta~ that is not PSD, or t = inf
+    with a singular Theta~ (pass ridge > 0)."""
+    eta, discrete = _check_eta(eta), bool(discrete)
+    Th = _f64(Theta, "Theta")
+    if Th.ndim not in (2, 4) or Th.shape[-1] != Th.shape[-2] or (Th.ndim == 4 and Th.shape[0] != Th.shape[1]):
+        raise ValueError(f"Theta must be a frozen NTK (N_D, N_D) or an empirical NTK (n_L, n_L, N_D, N_D), "
+                         f"got shape {Th.shape}")
+    ND = Th.shape[-1]
+    A, B = _indices(idx_A, ND, "idx_A"), _indices(idx_B, ND, "idx_B")
+    train = _Train(Th[..., A[:, None], A[None, :]], ridge, "the training block of Theta")
+    T_BA = _cross_block(Th[..., B[:, None], A[None, :]], train, "Theta[B, A]")
+    z0 = _f64(z0, "z0")
+    if z0.ndim < 2 or z0.shape[-2] != ND:
+        raise ValueError(f"z0 must have shape (..., N_D={ND}, n_out), got {z0.shape}")
+    y, _ = _outputs(y_A, A.size, "y_A", z0.shape[-1])
+    train.check_outputs(y.shape[1], "z0")
+    ta = _times(t, discrete)
+    lam, U = train.eig()
+    f = _gd_filter(lam, np.atleast_1d(ta), eta, discrete)                    # (T, m)
+    v = np.einsum("km,...kn->...mn", U, train.flat(z0[..., A, :] - y))     # U^T r
+    G = T_BA @ U                                                           # (m_B, m)
+    dz = np.einsum("bm,tm,...mn->t...bn", G, f, v)
+    out = z0[..., B, :] - train.unflat(dz)
+    return out[0] if ta.ndim == 0 else out
+
+
+def kernel_posterior(K, Theta, idx_A, idx_B, y_A, *, t=None, eta: float = 1.0, ridge: float = 0.0,
+                     discrete: bool = False):
+    """Generalized posterior of the ensemble of networks trained with a frozen NTK: the distribution of
+    z_B(T) over initializations, eqs. (10.40)-(10.41) (the counterpart of neural-tangents'
+    predict.gradient_descent_mse_ensemble). With P = Theta_BA Theta~^{-1} (Theta~ the training block):
+
+        mean (10.40):  m_B = P y_A
+        cov  (10.41):  K_BB - P K_AB - K_BA P^T + P K_AA P^T   (the same for every output component)
+
+    It is Gaussian since z_B(T) is linear in the Gaussian initial outputs z ~ N(0, K). Theta -> K gives
+    the Bayesian posterior (6.57), (6.64) (:func:`dlt.bayes.gp_posterior`; last-layer training,
+    :func:`bayes_learning_rates`). At a finite time ``t`` P becomes P_t = Theta_BA Theta~^{-1}
+    [1 - e^{-eta Theta~ t}] (continuous-time gradient descent with global rate ``eta``; ``discrete=True``:
+    [1 - (1 - eta Theta~)^t] after t steps), the ensemble of :func:`gd_prediction` trajectories; t = 0
+    is the prior N(0, K_BB), t -> inf the end of training.
+
+    ``K``, ``Theta``: (N, N) kernel and frozen NTK on D (e.g. :func:`dlt.kernels.kernel_fn` with
+    get=("nngp", "ntk")); ``idx_A``, ``idx_B`` positions of the training and test inputs (may overlap);
+    ``y_A`` (N_A, n_out) or (N_A,); ``t``: None (end of training; Cholesky solve), a time >= 0 or a 1-d
+    array of times; ``ridge`` >= 0 adds ridge * I to Theta~ (everywhere Theta~ appears).
+
+    Returns (mean (N_B, n_out), cov (N_B, N_B)), with a leading time axis on both for an array t (mean
+    (N_B,) for 1-d targets). Raises ``ValueError`` for bad shapes, non-symmetric K or Theta, a singular
+    Theta~ at t = None or inf (pass ridge > 0), t < 0, eta <= 0."""
+    K, Th = _f64(K, "K"), _f64(Theta, "Theta")
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape != Th.shape:
+        raise ValueError(f"K and Theta must be square arrays of the same shape (N, N), got {K.shape}, "
+                         f"{Th.shape}")
+    _check_symmetric(K, "K")
+    N = K.shape[0]
+    A, B = _indices(idx_A, N, "idx_A"), _indices(idx_B, N, "idx_B")
+    y, one = _outputs(y_A, A.size, "y_A")
+    train = _Train(Th[np.ix_(A, A)], ridge, "the training block of Theta")
+    T_BA = _cross_block(Th[np.ix_(B, A)], train, "Theta[B, A]")
+    K_AA, K_AB, K_BB = K[np.ix_(A, A)], K[np.ix_(A, B)], K[np.ix_(B, B)]
+    if t is None:
+        P = train.solve(T_BA.T).T[None]                                     # (1, N_B, N_A)
+    else:
+        eta = _check_eta(eta)
+        ta = _times(t, discrete)
+        lam, U = train.eig()
+        f = _gd_filter(lam, np.atleast_1d(ta), eta, bool(discrete))
+        P = np.einsum("bm,tm,am->tba", T_BA @ U, f, U)
+    PK = P @ K_AB                                                          # (T, N_B, N_B)
+    cov = K_BB - PK - np.swapaxes(PK, 1, 2) + P @ K_AA @ np.swapaxes(P, 1, 2)
+    cov = 0.5 * (cov + np.swapaxes(cov, 1, 2))
+    mean = P @ y
+    if one:
+        mean = mean[..., 0]
+    if t is None or np.ndim(t) == 0:
+        return mean[0], cov[0]
+    return mean, cov
+
+
+# ------------------------------------------------------------------ many steps in function space
+_CHUNK = 4096   # steps per compiled scan; the last chunk is padded with eta = 0 steps (no-ops)
+
+
+@partial(jax.jit, static_argnames=("loss", "four", "record"))
+def _fs_scan(H, kappa, z, y, idx_A, scale, etas, masks, loss, four, record):
+    def body(z, inp):
+        eta, m = inp
+        eps = scale * loss.eps(z[..., idx_A, :], y)
+        if m is not None:
+            eps = eps * m[:, None]
+        if kappa is not None:
+            eps = jnp.einsum("ab,...bj->...aj", kappa, eps)
+            if m is not None:
+                eps = eps * m[:, None]
+        upd = jnp.einsum("ijda,...aj->...di", H, eps) if four else jnp.einsum("da,...aj->...dj", H, eps)
+        z = z - eta * upd
+        return z, (z if record else None)
+
+    return jax.lax.scan(body, z, (etas, masks))
+
+
+def _function_space_run(HDA, four, z0, y, idx_A, etas, mask_fn, kappa, loss, scale, record):
+    """Iterate z <- z - eta_t H_DA kappa_t eps(z_A) for len(etas) steps in compiled chunks (the engine of
+    :func:`train_function_space` and :func:`linearized_outputs`). mask_fn(t0, t1) -> (t1 - t0, N_A)
+    batch masks or None. Returns z(T), or the trajectory (steps+1, ...) with record=True."""
+    steps = etas.size
+    z = jnp.asarray(z0, dtype=float)
+    traj = [z[None]] if record else None
+    chunk = max(1, min(steps, _CHUNK))
+    for t0 in range(0, steps, chunk):
+        t1 = min(t0 + chunk, steps)
+        e = np.zeros(chunk)
+        e[: t1 - t0] = etas[t0:t1]
+        m = mask_fn(t0, t1)
+        if m is not None:
+            m = np.concatenate([m, np.zeros((chunk - (t1 - t0), m.shape[1]))])
+        z, zs = _fs_scan(HDA, kappa, z, y, idx_A, scale, jnp.asarray(e),
+                         None if m is None else jnp.asarray(m), loss, four, record)
+        if record:
+            traj.append(zs[: t1 - t0])
+    return jnp.concatenate(traj, axis=0) if record else z
+
+
+def _steps(steps):
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    return int(steps)
+
+
+def _eta_schedule(eta, steps):
+    if callable(eta):
+        vals = np.array([_f64(eta(t), "eta(t)") for t in range(steps)], dtype=float).reshape(steps)
+        if np.any(vals <= 0):
+            raise ValueError(f"the learning-rate schedule eta(t) must be > 0, got {vals.min():g} at "
+                             f"t = {int(np.argmin(vals))}")
+        return vals
+    return np.full(steps, _check_eta(eta))
+
+
+def _batch_index(b, N_A, what):
+    try:
+        b = np.asarray(b)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be an array of integer positions into the training set") from None
+    if b.ndim != 1 or b.size == 0 or not np.issubdtype(b.dtype, np.integer) or b.min() < 0 \
+            or b.max() >= N_A or np.unique(b).size != b.size:
+        raise ValueError(f"{what} must hold distinct positions into the training set A, in 0..{N_A - 1} "
+                         f"(not into D), got {b!r}")
+    return b
+
+
+def _mask_schedule(batches, N_A):
+    if batches is None:
+        return lambda t0, t1: None
+    if callable(batches):
+        def masks(t0, t1):
+            m = np.zeros((t1 - t0, N_A))
+            for k, t in enumerate(range(t0, t1)):
+                m[k, _batch_index(batches(t), N_A, f"batches({t})")] = 1.0
+            return m
+        return masks
+    try:
+        seq = list(batches)
+    except TypeError:
+        raise TypeError("batches must be None, a list of index arrays into A, or a callable "
+                        "t -> index array") from None
+    if not seq:
+        raise ValueError("batches must not be empty")
+    table = np.zeros((len(seq), N_A))
+    for k, b in enumerate(seq):
+        table[k, _batch_index(b, N_A, f"batches[{k}]")] = 1.0
+    return lambda t0, t1: table[np.arange(t0, t1) % len(seq)]
+
+
+def train_function_space(Theta, idx_A, z0, y_A, eta, steps: int, *, kappa=None, loss="mse", batches=None,
+                         record: bool = False):
+    """Training in function space with a frozen NTK, eqs. (10.33)-(10.35): iterate the update (10.20)
+
+        z_{t+1; d} = z_{t; d} - eta_t sum_{a1, a2 in A} Theta_{d a1} kappa_t^{a1 a2} eps_{a2}(z_t)
+
+    on all inputs D, with eps = dL_A/dz the error factor of ``loss`` (:func:`error_factor`: z - y for
+    MSE, softmax(z) - p for cross-entropy (10.6)). Every algorithm of §10.2.2 is a choice of
+    (eta_t, kappa_t, L_A): plain GD (kappa = 1), a constant Newton tensor ``kappa`` (N_A, N_A) (10.18) --
+    with MSE this is GD on the generalized MSE loss (10.22)-(10.23), and eta kappa = Theta~^{-1} is
+    Newton's method (10.25) -- and SGD (footnote 12): ``batches`` makes kappa_t = P_t kappa P_t, P_t the
+    projector on the mini-batch S_t (the loss L_{S_t}). Algorithm independence (10.35): whatever the path,
+    a converged run ends at :func:`kernel_prediction`'s (10.31). :func:`linearized_outputs` is the
+    plain-GD special case with the empirical NTK.
+
+    ``Theta``: frozen NTK (N_D, N_D), or an empirical NTK (n_L, n_L, N_D, N_D) (no kappa then acts on
+    the outputs; kappa acts on samples); ``idx_A`` positions of the training inputs in D; ``z0``
+    (..., N_D, n_out) initial outputs (leading axes: independent networks); ``y_A`` (N_A, n_out) targets
+    (probability rows for cross-entropy; for logit targets y pass softmax(y) (10.37)); ``eta`` > 0 or a
+    callable t -> eta_t (t = 0..steps-1); ``batches``: None (full batch), a list of index arrays into A
+    used in turn and cyclically (e.g. :func:`minibatches`), or a callable t -> index array; ``record``:
+    also return every step.
+
+    Returns z_D(T) (..., N_D, n_out) after ``steps`` updates, or with ``record=True`` the trajectory
+    (steps+1, ..., N_D, n_out). Runs as a compiled ``lax.scan`` in chunks of 4096 steps (one compilation
+    per problem shape). Raises ``ValueError`` for inconsistent shapes, eta <= 0, steps < 0, a kappa that
+    is not a symmetric (N_A, N_A) array, bad batches, an unknown loss or invalid targets."""
+    loss = get_loss(loss)
+    H = jnp.asarray(_f64(Theta, "Theta"))
+    if H.ndim == 2 and H.shape[0] == H.shape[1]:
+        four, ND = False, H.shape[0]
+    elif H.ndim == 4 and H.shape[0] == H.shape[1] and H.shape[2] == H.shape[3]:
+        four, ND = True, H.shape[2]
+    else:
+        raise ValueError(f"Theta must be a frozen NTK (N_D, N_D) or an empirical NTK (n_L, n_L, N_D, N_D), "
+                         f"got shape {H.shape}")
+    A = _indices(idx_A, ND, "idx_A")
+    z0 = _f64(z0, "z0")
+    if z0.ndim < 2 or z0.shape[-2] != ND or (four and z0.shape[-1] != H.shape[0]):
+        raise ValueError(f"z0 must have shape (..., N_D={ND}, n_out{'=' + str(H.shape[0]) if four else ''}), "
+                         f"got {z0.shape}")
+    y = _check_targets((A.size, z0.shape[-1]), y_A, loss, "y_A")
+    steps = _steps(steps)
+    etas = _eta_schedule(eta, steps)
+    if kappa is not None:
+        kappa = _f64(kappa, "kappa")
+        if kappa.shape != (A.size, A.size):
+            raise ValueError(f"kappa (the Newton tensor (10.18)) must have shape (N_A, N_A) = "
+                             f"{(A.size, A.size)}, got {kappa.shape}")
+        _check_symmetric(kappa, "kappa (the Newton tensor (10.18))")
+        kappa = jnp.asarray(kappa)
+    HDA = H[..., jnp.asarray(A)]
+    return _function_space_run(HDA, four, z0, y, jnp.asarray(A), etas, _mask_schedule(batches, A.size),
+                               kappa, loss, 1.0, bool(record))
+
+
+# ---------------------------------------------------------------------------- Newton's method
+@partial(jax.jit, static_argnames=("net",))
+def _vjp_jit(net, params, X, c):
+    return jax.vjp(lambda p: forward(net, p, X)[net.L], params)[1](c)[0]
+
+
+def newton_step(net: MLP, params: dict, X_A, y_A, *, ridge: float = 0.0) -> dict:
+    """One Newton step of a real network, eq. (10.30) (the giant leap of §10.2.1):
+
+        theta*_mu = theta_mu - sum lambda_{mu nu} dz_{i1;a1}/dtheta_nu H~^{(i1 a1)(i2 a2)} eps_{i2;a2},
+        eps = z - y_A,
+
+    with the network's empirical NTK H^ (:func:`dlt.networks.empirical_ntk`) on the training set, its
+    inverse taken over the pair (sample, component) (at infinite width H^ = delta_ij Theta and this is
+    (10.30) with eta kappa = Theta~^{-1} (10.25)). It puts the network's *linearized* model exactly on
+    the targets (z + J dtheta = y_A); the real network misses them by its O(1/n) nonlinearity.
+    Learning-rate tensor: the net's lambda_b, lambda_W / n_{l-1} (:func:`learning_rate_tree`).
+
+    ``X_A`` (N_A, n_0), ``y_A`` (N_A, n_L); ``ridge`` >= 0 adds ridge * I to H~. Returns the new
+    parameters. Raises ``ValueError`` for bad shapes, or an H~ that is singular (N_A n_L > P, duplicate
+    inputs, lambda = 0: pass ridge > 0)."""
+    X, y, _ = _prepare(net, params, X_A, y_A, "mse")
+    z = _forward_jit(net, params, X)
+    train = _Train(np.asarray(empirical_ntk(net, params, X)), ridge, "the empirical NTK on the training set")
+    c = train.unflat(train.solve(train.flat(np.asarray(z - y))))
+    g = _vjp_jit(net, params, X, jnp.asarray(c))
+    return jax.tree_util.tree_map(lambda p, gg, la: p - la * gg, params, g, learning_rate_tree(net))
+
+
+# ------------------------------------------------------------------------- users' data, Bayes
+def bayes_learning_rates(net: MLP) -> MLP:
+    """The training hyperparameters (10.46), (10.48) that make gradient descent exact Bayesian inference
+    at infinite width: lambda_b^(L) = C_b^(L), lambda_W^(L) = C_W^(L) and lambda = 0 in every lower layer
+    (only the last layer trains), so that the frozen NTK equals the kernel, Theta^(L) = K^(L) (10.49).
+    Returns a copy of ``net`` with these learning rates. Raises ``TypeError`` for a non-MLP."""
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be a dlt.networks.MLP, got {type(net)}")
+    lb, lw = np.zeros(net.L), np.zeros(net.L)
+    lb[-1], lw[-1] = net.C_b[-1], net.C_W[-1]
+    return net.replace(lambda_b=tuple(lb), lambda_W=tuple(lw))
+
+
+def _net_inputs(net, X, name):
+    X = _f64(X, name)
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] != net.widths[0]:
+        raise ValueError(f"{name} must have shape (N, n_0={net.widths[0]}), got {X.shape}")
+    return X
+
+
+def predict(net: MLP, X_A, y_A, X_B, *, t=None, eta: float = 1.0, ridge: float = 0.0, bayes: bool = False,
+            discrete: bool = False):
+    """Predictions of the infinite-width ensemble of ``net`` trained on (X_A, y_A), at the test inputs X_B:
+    the generalized posterior (10.40)-(10.41) (:func:`kernel_posterior`) with the kernel K^(L) and the
+    frozen NTK Theta^(L) of :func:`dlt.kernels.kernel_fn` (get=("nngp", "ntk"), the net's C_b, C_W,
+    lambda_b, lambda_W) on X_A u X_B. ``bayes=True``: only the last layer trains ((10.46)-(10.48),
+    :func:`bayes_learning_rates`), Theta = K exactly (10.49), and the result is the Bayesian posterior
+    (6.57), (6.64). ``t``, ``eta``, ``discrete``: the ensemble at a finite training time (see
+    :func:`kernel_posterior`); ``ridge`` >= 0 regularizes Theta~.
+
+    ``X_A`` (N_A, n_0), ``y_A`` (N_A, n_L) or (N_A,), ``X_B`` (N_B, n_0). Returns (mean (N_B, n_L), cov
+    (N_B, N_B)) (time axis first for an array t). The kernels cost O((N_A + N_B)^2 L): thousands of inputs
+    take seconds for ReLU-type and erf activations (closed forms), longer for tanh (Mehler series).
+    Raises ``TypeError`` for a non-MLP; ``ValueError`` for bad shapes or a singular training NTK
+    (duplicate inputs: pass ridge > 0)."""
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be a dlt.networks.MLP, got {type(net)}")
+    X_A, X_B = _net_inputs(net, X_A, "X_A"), _net_inputs(net, X_B, "X_B")
+    y = _f64(y_A, "y_A")
+    if y.ndim == 2 and y.shape[1] != net.widths[-1]:
+        raise ValueError(f"y_A must have shape (N_A, n_L={net.widths[-1]}) or (N_A,), got {y.shape}")
+    X = np.concatenate([X_A, X_B])
+    if bayes:
+        K = Th = kernel_fn(net, X)
+    else:
+        K, Th = kernel_fn(net, X, get=("nngp", "ntk"))
+    NA = X_A.shape[0]
+    return kernel_posterior(K, Th, np.arange(NA), NA + np.arange(X_B.shape[0]), y, t=t, eta=eta, ridge=ridge,
+                            discrete=discrete)
+
+
+# ---------------------------------------------------------------------------- generalization
+def mse_bias_variance(mean, cov, y_B):
+    """Bias and variance of the expected MSE test loss, eqs. (10.50)-(10.52):
+
+        E[L_B] = bias + variance,  bias = 1/2 sum_{b, i} (m_{i;b} - y_{i;b})^2,
+                                   variance = 1/2 sum_{b, i} Cov[z_{i;b}(T), z_{i;b}(T)] = n_out tr(cov) / 2
+
+    (the covariance (10.41) is the same for every output component). ``mean`` (N_B, n_out) or (N_B,),
+    ``cov`` (N_B, N_B) (e.g. from :func:`kernel_posterior`), ``y_B`` the true test outputs, shaped like
+    ``mean``. Returns (bias, variance), floats. Raises ``ValueError`` for mismatched shapes."""
+    m = _f64(mean, "mean")
+    if m.ndim not in (1, 2) or m.shape[0] == 0 or 0 in m.shape:
+        raise ValueError(f"mean must have shape (N_B, n_out) or (N_B,), got {m.shape}")
+    y = _f64(y_B, "y_B")
+    if y.shape != m.shape:
+        raise ValueError(f"y_B must have the shape of mean {m.shape}, got {y.shape}")
+    m, y = m.reshape(m.shape[0], -1), y.reshape(m.shape[0], -1)
+    c = _f64(cov, "cov")
+    if c.shape != (m.shape[0], m.shape[0]):
+        raise ValueError(f"cov must have shape (N_B, N_B) = {(m.shape[0],) * 2}, got {c.shape}")
+    return 0.5 * float(np.sum((m - y) ** 2)), 0.5 * m.shape[1] * float(np.trace(c))
+
+
+def robustness(theta2):
+    """Robustness measure (10.57) of one training input + and a test input -: Theta_{-+} / Theta_{++} - 1,
+    the coefficient of y_+ in the bias (10.56) (0: the prediction at - repeats y_+; equal norms:
+    -2 ddTheta_[2] / Theta_00 + O(delta^4) (10.62); finite angle: cos zeta - 1 (10.94)).
+    ``theta2`` (..., 2, 2): the NTK on (x_+, x_-), index 0 the training point. Returns a float (or an
+    array over the leading axes). Raises ``ValueError`` for a wrong shape or Theta_{++} <= 0."""
+    T = _f64(theta2, "theta2")
+    if T.ndim < 2 or T.shape[-2:] != (2, 2):
+        raise ValueError(f"theta2 must have shape (..., 2, 2) (index 0: the training input), got {T.shape}")
+    if np.any(T[..., 0, 0] <= 0):
+        raise ValueError("Theta_{++} must be > 0")
+    r = T[..., 1, 0] / T[..., 0, 0] - 1
+    return float(r) if r.ndim == 0 else r
+
+
+def polation_inputs(x_plus, x_minus, s):
+    """Inputs on the line through two training inputs, eq. (10.99): x_(2s-1) = s x_+ + (1 - s) x_-
+    = x_0 + (2s - 1)/2 dx (x_0 the midpoint, dx = x_+ - x_-); s in [0, 1] interpolates, outside
+    extrapolates (*-polation). ``x_plus``, ``x_minus`` (n_0,); ``s`` a number or 1-d array.
+    Returns (len(s), n_0). Raises ``ValueError`` for shapes that differ or non-finite values."""
+    xp, xm = _f64(x_plus, "x_plus"), _f64(x_minus, "x_minus")
+    if xp.ndim != 1 or xp.shape != xm.shape or xp.size == 0:
+        raise ValueError(f"x_plus and x_minus must be inputs of the same shape (n_0,), got {xp.shape}, "
+                         f"{xm.shape}")
+    s = _f64(s, "s")
+    if s.ndim > 1:
+        raise ValueError(f"s must be a number or a 1-d array, got shape {s.shape}")
+    s = np.atleast_1d(s)[:, None]
+    return s * xp + (1 - s) * xm
+
+
+# ------------------------------------------------------------------ linear models, kernel methods
+def linear_regression(Phi_A, y_A, *, ridge: float = 0.0):
+    """Linear regression (10.119)-(10.125): the weights W* minimizing the MSE loss (10.120) of the linear
+    model z_i(x) = sum_j W_ij phi_j(x), from the normal equations (10.121)-(10.123)
+
+        W*_ij = sum_{k, a} y_{i;a} phi_k(x_a) (M^{-1})_kj,  M = sum_a phi(x_a) phi(x_a)^T (+ ridge I (10.124))
+
+    (ridge = 2a of (10.124)). Overparameterized (P > N_A): M is singular, and W* is the limit a -> 0+ of
+    the regularized solution (the minimum-norm interpolant), computed in the dual form
+    W*^T = Phi_A^T (Phi_A Phi_A^T + ridge I)^{-1} y_A (10.126)-(10.131), whose predictions are those of
+    :func:`kernel_regression` with :func:`linear_kernel`. Include a column of ones in ``Phi_A`` for the
+    bias phi_0 = 1.
+
+    ``Phi_A`` (N_A, P): features of the training inputs; ``y_A`` (N_A, n_out) or (N_A,). Returns W
+    (n_out, P) (predictions: Phi_B @ W.T), or (P,) for 1-d targets. Raises ``ValueError`` for bad shapes or
+    a singular M (underparameterized) / Phi Phi^T (overparameterized) (pass ridge > 0)."""
+    Phi = _f64(Phi_A, "Phi_A")
+    if Phi.ndim != 2 or 0 in Phi.shape:
+        raise ValueError(f"Phi_A must be a feature matrix (N_A, P), got shape {Phi.shape}")
+    y, one = _outputs(y_A, Phi.shape[0], "y_A")
+    NA, P = Phi.shape
+    if P <= NA:
+        W = _Train(Phi.T @ Phi, ridge, "the feature matrix M (10.122)").solve(Phi.T @ y).T
+    else:
+        W = (Phi.T @ _Train(Phi @ Phi.T, ridge, "the kernel Phi_A Phi_A^T (10.127) (overparameterized, "
+                            "P > N_A)").solve(y)).T
+    return W[0] if one else W
+
+
+def linear_kernel(Phi1, Phi2=None, *, weights=None):
+    """Kernel of a linear model, eqs. (10.127)-(10.128), (10.136): k_{d1 d2} = sum_ij c_ij phi_i(x_d1)
+    phi_j(x_d2), with c = 1 (``weights=None``: the plain inner product; with the inputs as features
+    this is the linear kernel (10.128)), a vector (P,) (diagonal c) or a matrix (P, P).
+    ``Phi1`` (N1, P), ``Phi2`` (N2, P) or None (= Phi1). Returns (N1, N2). Raises ``ValueError`` for shapes
+    that do not match."""
+    F1 = _f64(Phi1, "Phi1")
+    F2 = F1 if Phi2 is None else _f64(Phi2, "Phi2")
+    if F1.ndim != 2 or F2.ndim != 2 or F1.shape[1] != F2.shape[1]:
+        raise ValueError(f"Phi1 and Phi2 must be feature matrices (N1, P), (N2, P), got {F1.shape}, "
+                         f"{F2.shape}")
+    if weights is None:
+        return F1 @ F2.T
+    c = _f64(weights, "weights")
+    P = F1.shape[1]
+    if c.shape == (P,):
+        return (F1 * c) @ F2.T
+    if c.shape == (P, P):
+        return F1 @ c @ F2.T
+    raise ValueError(f"weights must have shape (P,) or (P, P) with P = {P}, got {c.shape}")
+
+
+def gaussian_kernel(X1, X2=None, sigma: float = 1.0):
+    """Gaussian kernel (10.133): k(x1, x2) = exp[-|x1 - x2|^2 / (2 sigma^2)] (infinitely many features).
+    ``X1`` (N1, n_0), ``X2`` (N2, n_0) or None (= X1), ``sigma`` > 0. Returns (N1, N2). Raises
+    ``ValueError`` for shapes that do not match or sigma <= 0."""
+    from scipy.spatial.distance import cdist
+    A = _f64(X1, "X1")
+    B = A if X2 is None else _f64(X2, "X2")
+    if A.ndim != 2 or B.ndim != 2 or A.shape[1] != B.shape[1]:
+        raise ValueError(f"X1 and X2 must be inputs (N1, n_0), (N2, n_0), got {A.shape}, {B.shape}")
+    s = float(sigma)
+    if not np.isfinite(s) or s <= 0:
+        raise ValueError(f"sigma must be finite and > 0, got {sigma!r}")
+    return np.exp(-cdist(A, B, "sqeuclidean") / (2 * s * s))

@@ -13,7 +13,8 @@ this module are the book's: ``z[l]`` is z^(l), ``params[l]`` holds W^(l) and b^(
 Two engines, each used where it is fastest (measured on a 2-core machine):
 
 * :func:`forward` / :func:`init_params` / :func:`empirical_ntk` are JAX, for autodiff of a single
-  network (the NTK, training).
+  network (the NTK, training), as are the random features of ch. 10, :func:`ntk_features`
+  (10.138)-(10.141) and :func:`last_layer_features` (10.134)-(10.137).
 * :func:`ensemble` draws many networks at once as batched numpy matrix products, chunked to bound
   memory. It is the ground truth that notebooks check the theory against. (A vmapped JAX version
   was several times slower on 2 cores and spent 20-30 s compiling; see spec ch02-03 pitfalls.)
@@ -33,7 +34,8 @@ import numpy as np
 
 from .activations import Activation, get_activation
 
-__all__ = ["MLP", "num_params", "init_params", "forward", "empirical_ntk", "ensemble", "ensemble_by_metric",
+__all__ = ["MLP", "num_params", "init_params", "forward", "empirical_ntk", "ntk_features",
+           "last_layer_features", "ensemble", "ensemble_by_metric",
            "stochastic_metric", "ntk_ensemble", "jacobian_norms",
            "check_widths", "per_layer"]
 
@@ -188,6 +190,54 @@ def _ntk(net: MLP, params: dict, X):
         H = H + net.lambda_b[l - 1] * jnp.einsum("aij,bkj->ikab", jb, jb)
         H = H + net.lambda_W[l - 1] / net.widths[l - 1] * jnp.einsum("aijm,bkjm->ikab", jW, jW)
     return H
+
+
+def ntk_features(net: MLP, params: dict, X):
+    """Random features of the NTK, book eqs. (10.138)-(10.141): the Jacobians of the outputs scaled by the
+    square root of the learning-rate tensor (8.6),
+
+        F[i, a, mu] = sqrt(lambda_mu) dz^(L)_{i;a} / dtheta_mu,   lambda = lambda_b^(l) (biases),
+                                                                         lambda_W^(l) / n_{l-1} (weights),
+
+    so that sum_mu F[i1, a1, mu] F[i2, a2, mu] = H^_{i1 i2; a1 a2}, the empirical NTK (10.140)
+    (:func:`empirical_ntk`): the network's linearized model is the linear model (10.119) with these
+    features, and its kernel is the NTK. Explicitly (10.139) F is a product of backward Jacobians and
+    sigma^(l-1) (evaluated here by autodiff).
+
+    ``X``: (N, n_0). Returns an array (n_L, N, P), P = :func:`num_params`, the parameter axis in the order
+    of ``jax.flatten_util.ravel_pytree(params)``: for l = 1..L, W^(l) row-major (entry (j, k) at
+    j n_{l-1} + k), then b^(l). Memory N n_L P: moderate networks only."""
+    return _features(net, params, jnp.asarray(_check_inputs(net, X)))
+
+
+@partial(jax.jit, static_argnums=0)
+def _features(net: MLP, params: dict, X):
+    jac = jax.jacrev(lambda p: forward(net, p, X)[net.L])(params)  # leaves (N_D, n_L, *shape)
+    N, nL = X.shape[0], net.widths[-1]
+    cols = []
+    for l in range(1, net.L + 1):
+        cols.append(jnp.sqrt(net.lambda_W[l - 1] / net.widths[l - 1]) * jac[l]["W"].reshape(N, nL, -1))
+        cols.append(jnp.sqrt(net.lambda_b[l - 1]) * jac[l]["b"].reshape(N, nL, -1))
+    return jnp.concatenate(cols, axis=-1).transpose(1, 0, 2)
+
+
+def last_layer_features(net: MLP, params: dict, X):
+    """Random features of the last layer, book eqs. (10.134)-(10.137): the penultimate activations with
+    phi_0 = 1 for the bias, weighted as in (10.135),
+
+        phi[a, 0] = sqrt(C_b^(L)),   phi[a, j] = sqrt(C_W^(L) / n_{L-1}) sigma(z^(L-1)_{j;a}),  j = 1..n_{L-1}
+
+    (for L = 1 the inputs x_a instead of sigma), so that phi @ phi.T is the stochastic kernel
+    k^_{a1 a2} = C_b + C_W / n_{L-1} sum_j sigma_j;a1 sigma_j;a2 (10.135), the stochastic metric (4.70)
+    (:func:`stochastic_metric`), whose mean is K^(L) (10.137). Training only the last layer
+    (``dlt.learning.bayes_learning_rates``) is linear regression on these features.
+
+    ``X``: (N, n_0). Returns (N, n_{L-1} + 1)."""
+    X = jnp.asarray(_check_inputs(net, X))
+    L = net.L
+    h = X if L == 1 else net.activation.f(forward(net, params, X)[L - 1])
+    return jnp.concatenate([jnp.full((X.shape[0], 1), jnp.sqrt(net.C_b[L - 1])),
+                            jnp.sqrt(net.C_W[L - 1] / net.widths[L - 1]) * h], axis=1)
 
 
 def _rng(seed):

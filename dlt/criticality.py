@@ -44,6 +44,13 @@ the chain-rule factor prod chi_perp of the exploding/vanishing gradient problem 
 (:func:`gradient_factor`) and the equivalence-principle learning rates (9.94)-(9.96)
 (:func:`equivalence_learning_rates`). Per-layer inputs and outputs of these functions are arrays (L,)
 with entry l-1 = layer l (the layout of dlt.networks.MLP's lambda_b, lambda_W), stated in each docstring.
+
+Chapter 10 (generalization near a training input): the delta expansion of the frozen NTK of two nearby
+inputs, (10.58)-(10.70) with the unequal-norm terms of footnote 32 (:func:`ntk_delta_recursion`, smooth
+activations); the finite-angle NTK recursion of the scale-invariant class (10.82)-(10.98)
+(:func:`ntk_finite_angle`); and the large-depth robustness of the K* = 0 class (10.74)-(10.81)
+(:func:`robustness_asymptotic_kstar0`, with the constant-rate coefficient of (10.80)-(10.81) corrected:
+see its docstring and book/errata.md).
 """
 from __future__ import annotations
 
@@ -1328,11 +1335,11 @@ def ntk_delta_recursion(act, C_W, lam_b, lam_W, K00, dK1, ddK2, Theta00, dTheta1
     sigma and sigma'). Smooth activations only: <s'' s''> is singular at a kink (scale-invariant class:
     use :func:`ntk_finite_angle`).
 
-    Layer-1 values: (K00, dK1, ddK2) from :func:`delta_initial` (x0, dx, C_b^(1), C_W^(1)) and
-    (Theta00, dTheta1, ddTheta2) = delta_initial(x0, dx, lambda_b^(1), lambda_W^(1)) ((8.23) is the
-    same bilinear form). ``lam_b``, ``lam_W``: numbers or arrays (L,) with entry l-1 = layer l (entry 0 is
-    not used: the layer-1 NTK is given); ``C_W`` > 0, ``C_b`` >= 0 uniform; ``method``, ``deg``: the
-    Gaussian expectations, as in :func:`delta_recursions`.
+    Layer-1 values: (K00, dK1, ddK2) from :func:`delta_initial` (x0, dx, C_b^(1), C_W^(1)) and, by the
+    same bilinear form (8.23), (Theta00, dTheta1, ddTheta2) = (lambda_b^(1) + lambda_W^(1) |x0|^2 / n_0,
+    lambda_W^(1) x0.dx / n_0, lambda_W^(1) |dx|^2 / (4 n_0)). ``lam_b``, ``lam_W``: numbers or arrays
+    (L,) with entry l-1 = layer l (entry 0 is not used: the layer-1 NTK is given); ``C_W`` > 0, ``C_b``
+    >= 0 uniform; ``method``, ``deg``: the Gaussian expectations, as in :func:`delta_recursions`.
 
     Returns a dict of arrays (L+1,) indexed by layer (entry 0 nan): K00, dK1, ddK2, Theta00, dTheta1,
     ddTheta2. Raises ``ValueError`` for a kinked activation, K00 <= 0, L < 1 or bad hyperparameters;

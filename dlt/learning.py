@@ -481,7 +481,9 @@ def linearized_outputs(H, z0, y, eta, steps: int, idx_A=None, loss="mse", *, int
         z_{t+1; d} = z_{t; d} - eta sum_{j, a in A} H_{.j; d a} eps_{j;a}(z_t),
 
     with the error factor of ``loss`` recomputed at every step. For a network that barely moves
-    (small eta * steps, or wide networks, ch. 10) this tracks the real network's outputs.
+    (small eta * steps, or wide networks, ch. 10) this tracks the real network's outputs. It is the
+    plain-GD case of :func:`train_function_space` (same compiled engine); for MSE the closed form is
+    :func:`gd_prediction` with ``discrete=True``.
 
     ``H``: ``(n_L, n_L, N_D, N_D)``; ``z0``: initial outputs ``(N_D, n_L)`` on D; ``y``: targets
     ``(N_A, n_L)`` of the training inputs ``idx_A`` (default D = A). Returns ``(steps+1, N_D, n_L)``."""
@@ -510,6 +512,7 @@ def linearized_outputs(H, z0, y, eta, steps: int, idx_A=None, loss="mse", *, int
 # training) or the eigendecomposition of the training block (finite t).
 
 _SINGULAR = "pass ridge > 0 to add ridge * I to the training block (a documented regularization)"
+_PIVOT = 1e-10   # smallest relative Cholesky pivot of a training block that counts as non-singular
 
 
 def _f64(x, name):
@@ -607,8 +610,11 @@ class _Train:
             M = self.M
             try:
                 c, low = cho_factor(M, lower=True, check_finite=False)
-                piv = np.diag(c) ** 2
-                ok = piv.min() > 10 * M.shape[0] * np.finfo(float).eps * max(np.abs(np.diag(M)).max(), 1e-300)
+                # pivot^2 / M_aa: the fraction of sample a's variance left unexplained by the samples
+                # before it. Below _PIVOT the block is singular to the accuracy of the kernels (~1e-12
+                # relative, dlt.kernels): its inverse would be dominated by their errors. ridge > 0:
+                # the caller's regularization, only a failed factorization is an error.
+                ok = self.ridge > 0 or (np.diag(c) ** 2 / np.diag(M)).min() > _PIVOT
             except np.linalg.LinAlgError:
                 ok = False
             if not ok:
@@ -678,7 +684,10 @@ def kernel_prediction(theta_BA, theta_AA, y_A, z_A=None, z_B=None, *, ridge: flo
 
     Returns (..., N_B, n_out) (or (N_B,) for 1-d targets and no z). Raises ``ValueError`` for shapes that
     do not match, a non-symmetric or singular training block (the message says to pass ridge > 0) or a
-    negative ridge; ``TypeError`` for non-numeric input."""
+    negative ridge; ``TypeError`` for non-numeric input. Singular means, without a ridge, that some
+    Cholesky pivot is below 1e-10 of its diagonal entry (the part of a sample's variance that the other
+    training samples leave unexplained): the kernels of :mod:`dlt.kernels` are accurate to ~1e-12, so
+    the inverse of such a block (duplicate inputs) would be dominated by their errors."""
     train = _Train(theta_AA, ridge, "the training block theta_AA")
     T_BA = _cross_block(theta_BA, train)
     y, one = _outputs(y_A, train.N, "y_A")
@@ -717,7 +726,7 @@ def _times(t, discrete):
     return ta
 
 
-def _gd_filter(lam, t, eta, discrete):
+def _gd_filter(lam, t, eta, discrete, strict=True):
     """f_t(lam) with Theta~^{-1} (1 - e^{-eta Theta~ t}) = U diag f_t U^T (continuous time) or
     Theta~^{-1} (1 - (1 - eta Theta~)^t) (discrete steps); t (T,), lam (m,) -> (T, m). f = eta t at lam = 0,
     1/lam at t = inf."""
@@ -732,7 +741,7 @@ def _gd_filter(lam, t, eta, discrete):
         f = np.where(lm == 0, eta * tt + 0 * lm, num / lm)
     inf = ~np.isfinite(tt[:, 0])
     if inf.any():
-        if lam.min() <= 10 * lam.size * np.finfo(float).eps * max(lam.max(), 1e-300):
+        if lam.min() <= 0 or (strict and lam.min() <= _PIVOT * lam.max()):
             raise ValueError(f"the training block is singular (smallest eigenvalue {lam.min():.3e}): the end "
                              f"of training t = inf needs its inverse; {_SINGULAR}")
         if discrete and eta * lam.max() >= 2:
@@ -783,7 +792,7 @@ def gd_prediction(Theta, idx_A, idx_B, z0, y_A, t, *, eta: float = 1.0, ridge: f
     train.check_outputs(y.shape[1], "z0")
     ta = _times(t, discrete)
     lam, U = train.eig()
-    f = _gd_filter(lam, np.atleast_1d(ta), eta, discrete)                    # (T, m)
+    f = _gd_filter(lam, np.atleast_1d(ta), eta, discrete, train.ridge == 0)  # (T, m)
     v = np.einsum("km,...kn->...mn", U, train.flat(z0[..., A, :] - y))     # U^T r
     G = T_BA @ U                                                           # (m_B, m)
     dz = np.einsum("bm,tm,...mn->t...bn", G, f, v)
@@ -832,7 +841,7 @@ def kernel_posterior(K, Theta, idx_A, idx_B, y_A, *, t=None, eta: float = 1.0, r
         eta = _check_eta(eta)
         ta = _times(t, discrete)
         lam, U = train.eig()
-        f = _gd_filter(lam, np.atleast_1d(ta), eta, bool(discrete))
+        f = _gd_filter(lam, np.atleast_1d(ta), eta, bool(discrete), train.ridge == 0)
         P = np.einsum("bm,tm,am->tba", T_BA @ U, f, U)
     PK = P @ K_AB                                                          # (T, N_B, N_B)
     cov = K_BB - PK - np.swapaxes(PK, 1, 2) + P @ K_AA @ np.swapaxes(P, 1, 2)

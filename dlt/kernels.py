@@ -43,11 +43,15 @@ coefficients |a| of the grid variables small or the spacing fine.
   evaluated for two samples (m = 4: 2 (deg/2)^3 evaluations per block, was 4 (deg/3)^4). Which
   sample is conditioned out is chosen per block to minimize the largest grid coefficient |a|
   (Phi_p counts as sigma of coefficient r / (1 + 2 sig^2 / (h r)): smoothing by sig damps its
-  Fourier transform by exp(-sig^2 w^2 / 2) at w = 2 pi / h). Grids: m = 2: 1.5 deg nodes (u and y),
-  m = 3: deg^2 (y: deg), m = 4: (deg/2)^3 (y: deg). Error control: only these quadrature errors;
-  measured against plain tensor grids at high degree (tests: tanh, gelu ~4e-15 at K ~ 1) and at
-  1.5-2.5x the degree: tanh flows 1e-11 (variances 3.7) to 2e-10 (8 inputs in 4 dimensions, a
-  singular first-layer kernel with variances 2.4) relative in V, gelu 1e-12.
+  Fourier transform by exp(-sig^2 w^2 / 2) at w = 2 pi / h; the y rule counts with coefficient
+  sig). Grids: m = 2: 1.5 deg nodes (u and y), m = 3: deg^2 (y: deg), m = 4: (deg/2)^3 (y: deg).
+  For sigma with poles (tanh, sigmoid, softplus, swish) a block whose smallest achievable cost |a| h
+  still exceeds 0.36 (large variances: 4-sample blocks beyond K ~ 1.3) gets a grid refined up to 3x
+  per axis, and so do the 2-sample grids of H and Q (was: 5e-7 relative error in V for tanh at
+  variances 6.8; now 2e-12). Error control: only these quadrature errors; measured against plain
+  tensor grids at high degree (tests: tanh, gelu ~4e-15 at K ~ 1) and at 1.5-2.5x the degree: tanh
+  flows 1e-11 (variances 3.7) to 2e-10 (8 inputs in 4 dimensions, a singular first-layer kernel
+  with variances 2.4) relative in V, gelu 1e-12 (variances 3.9).
 * kinked sigma (scale-invariant family s(z) = c+ z (z > 0), c- (-z) (z < 0); perceptron): on a
   2-sample block the kinks are rays of the whitened plane, so a polar rule split at the rays
   (Gauss-Legendre in angle, Gauss-Laguerre in r^2/2) is exact to rounding. 3-, 4-sample blocks
@@ -85,6 +89,7 @@ _NODES = 1 << 18             # blocks x nodes per batched grid evaluation (bound
 _MEHLER = (481, 128, 1e-12)  # 1-D trapezoid nodes, series length, per-pair error bound
 _PAIRS = (("gd", "ef"), ("ge", "df"), ("gf", "de"))
 _STRIP = ("tanh", "sigmoid", "softplus", "swish", "gelu", "erf")  # trapezoid rule (docstring)
+_POLES = _STRIP[:4]  # poles near the real axis: trapezoid grids refined at large variances
 _PATTERNS = {1: ((4,),), 2: ((1, 3), (2, 2), (3, 1)), 3: ((2, 1, 1), (1, 2, 1), (1, 1, 2)),
              4: ((1, 1, 1, 1),)}  # powers of the distinct samples of a block in S4's entries
 
@@ -242,31 +247,67 @@ def _frame(Kb):
     return C[:, :d, :d] @ Q, np.einsum("bi,bi->b", c, Q[:, :, 0]), sig
 
 
-def _conditioning_order(Kb, h):
+def _conditioning_order(Kb, h, hy):
     """Per block (B, m, m), the order of its samples (B, m) with the best sample to condition out
-    last. The trapezoid rule of spacing h errs on sigma(a u) by ~exp(-2 pi delta / (|a| h)), delta
-    the half-width of sigma's strip of analyticity, so the cost of a choice is the largest grid
-    coefficient: |A_jk|, and for Phi(r u_1), sigma smoothed by sig (Fourier transform damped by
-    exp(-sig^2 w^2 / 2) at w = 2 pi / h), the effective r / (1 + 2 sig^2 / (h r))."""
+    last, and the cost (B,) of that choice, in units of the grid spacing h. The trapezoid rule of
+    spacing h errs on sigma(a u) by ~exp(-2 pi delta / (|a| h)), delta the half-width of sigma's
+    strip of analyticity, so the cost of a choice is the largest effective coefficient: the grid
+    coefficients |A_jk|; for Phi(r u_1), sigma smoothed by sig (Fourier transform damped by
+    exp(-sig^2 w^2 / 2) at w = 2 pi / h), the effective r / (1 + 2 sig^2 / (h r)); and sig hy / h for
+    the rule of spacing hy in y that computes Phi."""
     m = Kb.shape[-1]
     orders = np.array([[j for j in range(m) if j != k] + [k] for k in range(m)])
     cost = []
     for o in orders:
         A, r, sig = _frame(Kb[:, o][:, :, o])
         r = np.abs(r)
-        cost.append(np.maximum(np.abs(A).max(axis=(1, 2)), r / (1 + 2 * sig ** 2 / (h * r + 1e-300))))
-    return orders[np.argmin(cost, axis=0)]
+        cost.append(np.maximum.reduce([np.abs(A).max(axis=(1, 2)), r / (1 + 2 * sig ** 2 / (h * r + 1e-300)),
+                                       sig * hy / h]))
+    return orders[np.argmin(cost, axis=0)], np.min(cost, axis=0)
+
+
+_AH = 0.36  # largest |a| h (grid coefficient x trapezoid spacing) allowed: error ~exp(-2 pi delta/(|a| h))
+
+
+def _refinement(ah):
+    """Per block, the factor (1, 1.5, ..., 3) by which a trapezoid grid must be refined so that its
+    largest coefficient times its spacing, ah on the base grid, stays <= _AH (tanh: error ~1e-12)."""
+    return np.clip(np.ceil(2 * ah / _AH) / 2, 1, 3)
 
 
 def _conditioned(act, Kb, pats, deg):
     """<prod_i f_i(z_i)>_{Kb} for each pattern p in pats (tuples of length m of factor codes, f_i =
     sigma^p sigma'^q for the code p_i = p + _BASE q; a set closed under permutations), blocks Kb
     (B, m, m), m = 2..4, smooth sigma, by conditioning on all samples but one (module docstring).
-    Returns (B, len(pats))."""
+    Returns (B, len(pats)).
+
+    Trapezoid rule, sigma with poles (_POLES): blocks whose largest coefficient times the spacing
+    exceeds _AH (large variances)
+    get a grid refined by _refinement (at most 3x per axis), so that the error
+    exp(-2 pi delta / (|a| h)) stays below ~1e-12."""
     d, rule = Kb.shape[-1] - 1, _rule_name(act)
     n = {1: min(3 * deg // 2, 256), 2: deg, 3: deg // 2}[d]  # nodes per axis of the (m-1)-D grid
+    x, y = _rule(n, rule)[0], _rule(n if d == 1 else deg, rule)[0]
+    h = x[n // 2] - x[n // 2 - 1]
+    order, cost = _conditioning_order(Kb, h, y[1] - y[0] if rule == "trapezoid" else 0.0)
+    Kb = np.take_along_axis(np.take_along_axis(Kb, order[:, :, None], 1), order[:, None, :], 2)
+    scale = _refinement(cost * h) if act.name in _POLES else np.ones(len(Kb))
+    out = np.empty((len(Kb), len(pats)))
+    for f in np.unique(scale):
+        sel = scale == f
+        nf = 2 * int(round(n * f / 2))
+        ny = nf if d == 1 else 2 * int(round(deg * f / 2))
+        out[sel] = _conditioned_grid(act, Kb[sel], pats, d, nf, ny, rule)
+    P, code = np.array(pats), (_BASE * _BASE) ** np.arange(d + 1)  # find each pattern after reordering
+    pos = np.searchsorted(np.sort(P @ code), P[:, order] @ code)  # (len(pats), B)
+    return np.take_along_axis(out[:, np.argsort(P @ code)], pos.T, 1)
+
+
+def _conditioned_grid(act, Kb, pats, d, n, ny, rule):
+    """The body of _conditioned on reordered blocks: an n-node rule per axis of the d-D grid and an
+    ny-node rule in y (for Phi_p(t) at the n nodes of u_1). Returns (B, len(pats)), pattern order."""
     x, w = _rule(n, rule)
-    y, wy = _rule(n if d == 1 else deg, rule)  # the rule in y, for Phi_p(t) at the n nodes of u_1
+    y, wy = _rule(ny, rule)
 
     def on_grid(a):  # a (B, k) -> a_1 x + ... + a_k x on the k-D grid, shape (B,) + (n,) * k
         z = a[:, :1] * x
@@ -292,13 +333,8 @@ def _conditioned(act, Kb, pats, deg):
         return np.stack([integrate([_fac(s[j], ds[j], e) for j, e in enumerate(p[:-1])] + [phi[p[-1]]])
                          for p in pats], -1)
 
-    order = _conditioning_order(Kb, x[n // 2] - x[n // 2 - 1])
-    Kb = np.take_along_axis(np.take_along_axis(Kb, order[:, :, None], 1), order[:, None, :], 2)
     step = max(1, _NODES // n ** d)
-    out = np.concatenate([chunk(Kb[i:i + step]) for i in range(0, len(Kb), step)])
-    P, code = np.array(pats), (_BASE * _BASE) ** np.arange(d + 1)  # find each pattern after reordering
-    pos = np.searchsorted(np.sort(P @ code), P[:, order] @ code)  # (len(pats), B)
-    return np.take_along_axis(out[:, np.argsort(P @ code)], pos.T, 1)
+    return np.concatenate([chunk(Kb[i:i + step]) for i in range(0, len(Kb), step)])
 
 
 def _partial(e, mu, s):
@@ -521,6 +557,28 @@ _HE = (lambda x: 1.0 + 0 * x, lambda x: x, lambda x: x * x - 1, lambda x: x ** 3
        lambda x: x ** 4 - 6 * x * x + 3)  # probabilists' Hermite polynomials He_0..He_4
 
 
+def _refined(act, Kb, deg, evaluate):
+    """evaluate(Kb_subset, deg_subset) -> tuple of arrays with leading block axis, on the
+    Cholesky-mapped 2-D grid: for sigma with poles (trapezoid rule), blocks whose largest Cholesky
+    coefficient times the spacing exceeds _AH get a grid refined by _refinement (<= 3 deg per axis)."""
+    if act.name not in _POLES:
+        return evaluate(Kb, deg)
+    x = _rule(deg, "trapezoid")[0]
+    scale = _refinement(np.abs(_chol(Kb)).max(axis=(1, 2)) * (x[1] - x[0]))
+    if np.all(scale == 1):
+        return evaluate(Kb, deg)
+    outs = None
+    for f in np.unique(scale):
+        sel = scale == f
+        part = evaluate(Kb[sel], 2 * int(round(deg * f / 2)))
+        if outs is None:
+            outs = tuple(None if p is None else np.empty((len(Kb),) + p.shape[1:]) for p in part)
+        for o, p in zip(outs, part):
+            if o is not None:
+                o[sel] = p
+    return outs
+
+
 def _pair_hq(act, Kb, deg, fourth, fn=None):
     """H (B, 2, 2) and Q (B, 2, 2, 2, 2) (None unless fourth) of 2-sample blocks Kb (B, 2, 2) in
     z-form: H = <s s He2(w; B^-1)>, Q = <s s He4(w; B^-1)>, w = B^-1 z.
@@ -530,6 +588,12 @@ def _pair_hq(act, Kb, deg, fourth, fn=None):
     He_i(u_1) He_j(u_2) (i + j = k, j = number of indices equal to 2): k + 1 scalar moments each.
     Nodes: the polar rule (kinked sigma) or the Cholesky-mapped tensor grid. fn: s (default sigma;
     sigma' gives the same tensors of s' s')."""
+    if _kinks(act) is None and len(Kb):
+        return _refined(act, Kb, deg, lambda K, g: _pair_hq_grid(act, K, g, fourth, fn))
+    return _pair_hq_grid(act, Kb, deg, fourth, fn)
+
+
+def _pair_hq_grid(act, Kb, deg, fourth, fn):
     A = _chol(Kb)
     if _kinks(act) is None:
         u, w = quadrature_nodes(2, deg, _rule_name(act))

@@ -61,6 +61,7 @@ from .kernels import (
     _pair_tensors,
     _plan,
     _polar_nodes,
+    _refined,
     _rule_name,
     _s2,
     _tensor,
@@ -163,6 +164,12 @@ def _mixed_four(act, K, deg):
 def _pair_first(act, Kb, deg):
     """p(s s')_g on 2-sample blocks Kb (B, 2, 2) in z-form: (B, 2, 2) with [:, 0] = <s(z_0) s'(z_1) w>,
     [:, 1] = <s'(z_0) s(z_1) w>, w = Kb^-1 z (Cholesky-mapped grid or the polar rule)."""
+    if _kinks(act) is None and len(Kb):
+        return _refined(act, Kb, deg, lambda K, g: (_pair_first_grid(act, K, g),))[0]
+    return _pair_first_grid(act, Kb, deg)
+
+
+def _pair_first_grid(act, Kb, deg):
     A = _chol(Kb)
     if _kinks(act) is None:
         u, wq = quadrature_nodes(2, deg, _rule_name(act))

@@ -1311,8 +1311,9 @@ def _rates(x, L, name):
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number or an array (L,) of numbers") from None
     if a.ndim != 1 or a.size not in (1, L) or not np.all(np.isfinite(a)) or np.any(a < 0):
+        got = repr(x) if a.size <= 8 else f"an array of shape {np.shape(x)}"
         raise ValueError(f"{name} must be a finite number >= 0 or an array of L = {L} of them (entry l-1 = "
-                         f"layer l), got {x!r}")
+                         f"layer l), got {got}")
     return np.broadcast_to(a, (L,)).copy()
 
 

@@ -72,6 +72,11 @@ def main():
             err = max(np.abs(refH[l] - out[l][1][sub]).max() / np.abs(refH[l]).max() for l in refH)
             print(f"  max |H - reference| / max|H| over layers 1..10 (20 inputs): {err:.1e}   target < 1e-8  "
                   f"{'PASS' if err < 1e-8 else 'FAIL'}")
+    x1 = np.linspace(-2, 2, 1000)[:, None]  # a 1-D regression: every pair nearly parallel
+    net = MLP((1,) + (100,) * 9 + (1,), "tanh", 0.1, 1.0)
+    _, first, best = best_of(lambda: kernel_fn(net, x1, get=("nngp", "ntk")))
+    print(f"kernel_fn tanh  NNGP + NTK, N=1000 inputs on a line, L=10  {first:8.3f} {best:8.3f}"
+          f"   < 3.0 s  {'PASS' if best < 3 else 'FAIL'}")
     # Targets of the chapter 4-5 issue for the full flow (K, V, G1).
     Xs = rng.standard_normal((8, 4))
     for act, cb, cw in (("tanh", 0.0, 1.0), ("gelu", 0.17, 1.98), ("relu", 0.0, 2.0)):

@@ -87,6 +87,7 @@ __all__ = ["Flow", "first_layer_metric", "gaussian_tensors", "kernel_step", "ver
 DEG = 96                     # quadrature nodes per axis (3-D grids of the 4-sample blocks: DEG/2)
 _NODES = 1 << 18             # blocks x nodes per batched grid evaluation (bounds memory and cache)
 _MEHLER = (481, 128, 1e-12)  # 1-D trapezoid nodes, series length, per-pair error bound
+_MEHLER_LONG = (961, 640)    # nodes and length of the second-stage series (nearly parallel inputs)
 _PAIRS = (("gd", "ef"), ("ge", "df"), ("gf", "de"))
 _STRIP = ("tanh", "sigmoid", "softplus", "swish", "gelu", "erf")  # trapezoid rule (docstring)
 _POLES = _STRIP[:4]  # poles near the real axis: trapezoid grids refined at large variances
@@ -481,7 +482,9 @@ def _mehler(act, kd, ia, ib, k12, deg, fn=None):
 
     The error after term n is <= |rho|^{n+1} t_n(K_aa) t_n(K_bb) (Cauchy-Schwarz; tails t_n by
     Parseval). The series stops at the smallest n (step 8) leaving <= 0.5% of the pairs above the
-    bound _MEHLER[2]; those get the full series and, if still above it, 2-D quadrature."""
+    bound _MEHLER[2]; those get the full series and, if still above it (nearly parallel inputs at
+    large variance, where the series converges only as fast as the Hermite coefficients decay), the
+    series to order 640 on a 961-node grid (_MEHLER_LONG), then 2-D quadrature."""
     D, nmax, tol = _MEHLER
     x, w, He = _hermite(D, nmax)
     fn = fn or act.f
@@ -504,6 +507,16 @@ def _mehler(act, kd, ia, ib, k12, deg, fn=None):
     if np.any(bad) and n < nmax:
         out[bad] = _horner(c, ia[bad], ib[bad], rho[bad], nmax)
         bad[bad] = np.abs(rho[bad]) ** (nmax + 1) * tail[ia[bad], nmax] * tail[ib[bad], nmax] > tol
+    if np.any(bad):  # nearly parallel inputs at large variance: the long series on a finer grid
+        D2, n2 = _MEHLER_LONG
+        x, w, He = _hermite(D2, n2)
+        used, inv = np.unique(np.concatenate([ia[bad], ib[bad]]), return_inverse=True)
+        sv = fn(np.sqrt(kd[used])[:, None] * x)
+        c, s2 = (sv * w) @ He, (sv * sv) @ w
+        tail = np.sqrt(np.maximum(s2[:, None] - np.cumsum(c * c, axis=1), 0))
+        ja, jb = inv[:bad.sum()], inv[bad.sum():]
+        out[bad] = _horner(c, ja, jb, rho[bad], n2)
+        bad[bad] = np.abs(rho[bad]) ** (n2 + 1) * tail[ja, n2] * tail[jb, n2] > tol
     if np.any(bad):
         Kb = np.empty((bad.sum(), 2, 2))
         Kb[:, 0, 0], Kb[:, 0, 1], Kb[:, 1, 0], Kb[:, 1, 1] = kd[ia[bad]], k12[bad], k12[bad], kd[ib[bad]]

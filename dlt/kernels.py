@@ -29,8 +29,12 @@ coefficients |a| of the grid variables small or the spacing fine.
 * 1-sample blocks (S2_aa, <s_a^4>, H_aa,aa, Q_aa,aaaa): one evaluation of sigma on a 1-D rule, the
   trapezoid rule on [-12, 12] (481 nodes, the Mehler rule) for smooth sigma, even-degree
   Gauss-Hermite (exact for the piecewise polynomials) for kinked sigma.
-* <s_a s_b>: closed forms (linear, ReLU family, erf, sin) of dlt.activations; other smooth sigma by a
-  Mehler (Hermite) series in the correlation with a per-pair error bound, 2-D quadrature fallback.
+* <s_a s_b> (and <s'_a s'_b> for the NTK): closed forms (linear, ReLU family, erf, sin) of
+  dlt.activations; other smooth sigma by a Mehler (Hermite) series in the correlation with a per-pair
+  error bound (order 128, then 640 for nearly parallel inputs, where the series converges only as fast
+  as the Hermite coefficients decay); the pairs still above the bound (nearly parallel inputs at
+  variances >~ 5) by a conditional (u, y) trapezoid grid with few y nodes (sigma with poles) or 2-D
+  quadrature.
 * H and Q of 2-sample blocks: z = A u (Cholesky); the Hermite tensors transform covariantly,
   He_k(w; B^-1) = (A^-T)^(x k) He_k(u), so k + 1 scalar moments <s s He_i(u_1) He_j(u_2)> on a
   deg x deg grid (smooth sigma) or the polar rule (kinked sigma) give all of H (k = 2), Q (k = 4).
@@ -850,7 +854,8 @@ def kernel_fn(net: MLP, X1, X2=None, layers=None, *, get="nngp", deg: int = DEG)
 
     Every entry needs only its own 2x2 kernel, so the recursions run elementwise over all pairs at
     once: closed forms for <s s>, <s' s'> (linear, ReLU family, erf, sin), else Mehler series with
-    error bound 1e-12 per layer (2-D quadrature fallback). X1 (N1, n_0); X2 (N2, n_0) or None (X2 = X1,
+    error bound 1e-12 per layer (module docstring: nearly parallel inputs, e.g. points on a line, cost
+    more). X1 (N1, n_0); X2 (N2, n_0) or None (X2 = X1,
     symmetric). layers: None (output layer L) or an int -> array (N1, N2); an iterable of layers in
     1..L -> dict {l: (N1, N2)}. get: "nngp", "ntk", or a tuple of them -> a tuple of such results in
     that order. Raises TypeError / ValueError for a bad net, inputs, layers or get, and ValueError for

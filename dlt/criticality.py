@@ -1284,19 +1284,19 @@ def gradient_factor(act, C_b, C_W, K1, L, method="auto", deg=DEG) -> np.ndarray:
     function); warns and returns nan from where the kernel stops being finite (off criticality).
     """
     act, C_b, C_W, L = _act(act), _Cb(C_b), _CW(C_W), _layers(L)
-    K = float(_kernel(K1, "K1", positive=True))
-    loc = _Local(act, ["ss", "s1s1"], method, deg)
+    if not act.smooth and not act.scale_invariant:
+        raise ValueError(f"gradient_factor needs sigma' as a function; that of {act.name} is a delta "
+                         "function")
+    with warnings.catch_warnings():  # the vertex V of the same flow may overflow first; only K is used
+        warnings.simplefilter("ignore", RuntimeWarning)
+        K = single_input_flow(act, C_b, C_W, K1, L, method=method, deg=deg)["K"][1:L]
+    good = np.isfinite(K) & (K < 1e300)
+    if not good.all():
+        warnings.warn(f"gradient_factor: the kernel is no longer finite at layer {1 + int(np.argmin(good))} "
+                      "(it diverges off criticality); the factors that need it are nan", RuntimeWarning,
+                      stacklevel=2)
     chi = np.full(L - 1, np.nan)          # chi[l-1] = chi_perp^(l), l = 1..L-1
-    with np.errstate(over="ignore", invalid="ignore"):
-        for l in range(1, L):
-            if not (np.isfinite(K) and K < 1e300):
-                warnings.warn(f"gradient_factor: the kernel is no longer finite at layer {l} (it diverges "
-                              "off criticality); the factors that need it are nan", RuntimeWarning,
-                              stacklevel=2)
-                break
-            m = loc(K)
-            chi[l - 1] = C_W * m["s1s1"]
-            K = C_b + C_W * m["ss"]
+    chi[good] = chi_perp(act, K[good], C_W, method=method, deg=deg)
     out = np.ones(L)
     out[: L - 1] = np.cumprod(chi[::-1])[::-1]
     return out
